@@ -1,0 +1,190 @@
+"""Settings, read once from the environment (and an optional ``.env`` file).
+
+Every setting keeps the name the Go service used where it had one. A bad value
+raises :class:`ConfigError` whose message names the variable; ``__main__`` turns
+that into one log line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import dotenv_values
+from email_validator import EmailNotValidError, validate_email
+
+from mailpipe.errors import ConfigError
+
+T = TypeVar("T")
+
+TRANSPORTS = ("ses", "outbox")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; durations in seconds, sizes in bytes."""
+
+    server_port: int = 3000
+    server_bind: str = "0.0.0.0"
+    server_host: str = "http://localhost:3000"
+    api_key: str | None = None
+    db_path: Path = Path("data/app.db")
+    email_rate: float = 14.0
+    max_concurrent: int = 28
+    email_sender: str | None = None
+    aws_region: str = "us-east-1"
+    ses_config_set: str | None = None
+    sentry_dsn: str | None = None
+    env: str = "development"
+    email_transport: str = "outbox"
+    transport_reason: str = "default"
+    outbox_dir: Path = Path("data/outbox")
+    graceful_timeout: float = 30.0
+    max_recipients_per_request: int = 100_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_attempts: int = 5
+    pause_probe_s: float = 60.0
+    sns_topic_arns: frozenset[str] = frozenset()
+    sns_cert_cache_dir: Path = Path("data/sns-certs")
+    tracking_secret: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory that holds the database and generated secrets."""
+        return self.db_path.parent
+
+
+def load_config(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Config:
+    """Build a :class:`Config` from ``environ`` (default ``os.environ``) over ``.env``.
+
+    Variables already in the environment win over the file, as with docker and
+    systemd. Raises :class:`ConfigError` naming the first bad variable.
+    """
+    env: dict[str, str] = {}
+    file = env_file if env_file is not None else Path(".env")
+    if file.is_file():
+        env.update({k: v for k, v in dotenv_values(file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+    return _from_env(env)
+
+
+def _from_env(env: Mapping[str, str]) -> Config:
+    def get(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    def parse(name: str, conv: Callable[[str], T], default: T) -> T:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            return conv(raw)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+    port = parse("SERVER_PORT", _int_range(0, 65535), 3000)
+    rate = parse("EMAIL_RATE", _positive_float, 14.0)
+    db_path = Path(get("DB_PATH") or "./data/app.db")
+    data_dir = db_path.parent
+    sender = parse("EMAIL_SENDER", _email, None)
+    transport, reason = _choose_transport(get("EMAIL_TRANSPORT"), sender, env)
+    return Config(
+        server_port=port,
+        server_bind=get("SERVER_BIND") or "0.0.0.0",
+        server_host=(get("SERVER_HOST") or f"http://localhost:{port}").rstrip("/"),
+        api_key=get("API_KEY"),
+        db_path=db_path,
+        email_rate=rate,
+        max_concurrent=parse("MAX_CONCURRENT", _int_range(1, 10_000), max(1, math.ceil(2 * rate))),
+        email_sender=sender,
+        aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
+        ses_config_set=get("SES_CONFIG_SET"),
+        sentry_dsn=get("SENTRY_DSN"),
+        env=get("ENV") or "development",
+        email_transport=transport,
+        transport_reason=reason,
+        outbox_dir=Path(get("OUTBOX_DIR") or data_dir / "outbox"),
+        graceful_timeout=parse("GRACEFUL_TIMEOUT", _positive_float, 30.0),
+        max_recipients_per_request=parse(
+            "MAX_RECIPIENTS_PER_REQUEST", _int_range(1, 10_000_000), 100_000
+        ),
+        max_body_bytes=parse("MAX_BODY_BYTES", _int_range(1024, 1 << 31), 32 * 1024 * 1024),
+        max_attempts=parse("MAX_ATTEMPTS", _int_range(1, 100), 5),
+        pause_probe_s=parse("PAUSE_PROBE_S", _positive_float, 60.0),
+        sns_topic_arns=frozenset(
+            arn.strip() for arn in (get("SNS_TOPIC_ARNS") or "").split(",") if arn.strip()
+        ),
+        sns_cert_cache_dir=Path(get("SNS_CERT_CACHE_DIR") or data_dir / "sns-certs"),
+        tracking_secret=get("TRACKING_SECRET"),
+        log_level=parse("LOG_LEVEL", _choice(LOG_LEVELS), "INFO"),
+    )
+
+
+def _choose_transport(
+    explicit: str | None, sender: str | None, env: Mapping[str, str]
+) -> tuple[str, str]:
+    if explicit is not None:
+        if explicit.lower() not in TRANSPORTS:
+            raise ConfigError(
+                f"EMAIL_TRANSPORT={explicit!r} is invalid: expected one of {', '.join(TRANSPORTS)}"
+            )
+        if explicit.lower() == "ses" and sender is None:
+            raise ConfigError("EMAIL_SENDER is required when EMAIL_TRANSPORT=ses")
+        return explicit.lower(), "EMAIL_TRANSPORT"
+    if sender is None:
+        return "outbox", "EMAIL_SENDER is not set"
+    if not _has_aws_credentials(env):
+        return "outbox", "no AWS credentials in the environment"
+    return "ses", "AWS credentials and EMAIL_SENDER are set"
+
+
+def _has_aws_credentials(env: Mapping[str, str]) -> bool:
+    # Only credentials a person configured: probing the EC2 metadata service
+    # here would stall start-up on machines without one. On EC2/ECS roles set
+    # EMAIL_TRANSPORT=ses explicitly.
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return True
+    if env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return True
+    shared = env.get("AWS_SHARED_CREDENTIALS_FILE") or str(Path.home() / ".aws" / "credentials")
+    return Path(shared).is_file()
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def conv(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return conv
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _email(raw: str) -> str:
+    try:
+        validate_email(raw, check_deliverability=False, allow_display_name=True)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return raw
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def conv(raw: str) -> str:
+        if raw.upper() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw.upper()
+
+    return conv

@@ -1,0 +1,1 @@
+"""The HTTP surfaces: one module per group of endpoints, one app factory."""

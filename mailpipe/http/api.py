@@ -1,0 +1,88 @@
+"""The keyed REST API of the Go service: messages, topics, counts."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import trio
+from quart import Blueprint, request
+
+from mailpipe.http.app import ApiError, require_key, service
+from mailpipe.ingest import Limits, RequestInvalid, parse_send_request
+from mailpipe.timeutil import utcnow
+
+bp = Blueprint("api", __name__)
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` the way Go prints a ``time.Duration`` (the seed's ``elapsed``)."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3f}µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3f}ms"
+    return f"{seconds:.3f}s"
+
+
+@bp.post("/v1/messages")
+@require_key
+async def post_messages() -> dict[str, Any]:
+    """Store a send request durably; answers only after the commit."""
+    started = time.perf_counter()
+    svc = service()
+    body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    assert isinstance(body, bytes)
+    limits = Limits(max_recipients=svc.config.max_recipients_per_request)
+    try:
+        messages = await trio.to_thread.run_sync(
+            partial(parse_send_request, body, limits, svc.addresses), limiter=svc.cpu_limiter
+        )
+    except RequestInvalid as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    result = await svc.store.insert_messages(messages, utcnow())
+    svc.metrics.accepted.inc(result.count)
+    if result.due_now:
+        svc.scheduler.nudge()
+    return {"count": result.count, "elapsed": go_duration(time.perf_counter() - started)}
+
+
+@bp.get("/v1/topics/<topic_id>")
+@require_key
+async def topic_stats(topic_id: str) -> dict[str, Any]:
+    """Counts of the topic's requests per status and results per event type."""
+    return await service().store.topic_stats(topic_id)
+
+
+@bp.delete("/v1/topics/<topic_id>")
+@require_key
+async def stop_topic(topic_id: str) -> dict[str, Any]:
+    """Stop every request of the topic not yet handed to the provider."""
+    svc = service()
+    upto = await svc.store.max_request_id(topic_id)
+    if upto is None:
+        return {"stopped": 0}
+    # No await between these two lines: a job is either handed already (and
+    # excluded here) or will see the stop before it is handed.
+    svc.pool.stops.stop(topic_id, upto)
+    handed = [rid for rid, topic in svc.handed.items() if topic == topic_id]
+    stopped = await svc.store.stop_topic(topic_id, upto, exclude=handed, now=utcnow())
+    svc.metrics.stopped.inc(stopped)
+    return {"stopped": stopped}
+
+
+@bp.get("/v1/events/counts/sent")
+@require_key
+async def sent_count() -> dict[str, Any]:
+    """How many requests were sent in the last ``hours`` (1 to 168, default 24)."""
+    raw = request.args.get("hours", "24")
+    try:
+        hours = int(raw)
+    except ValueError:
+        raise ApiError(400, f"hours must be an integer from 1 to 168, not {raw!r}") from None
+    if not 1 <= hours <= 168:
+        raise ApiError(400, f"hours must be from 1 to 168, not {hours}")
+    since = utcnow() - timedelta(hours=hours)
+    count = await service().store.count_sent_since(since)
+    return {"count": count, "hours": hours, "since": since.isoformat().replace("+00:00", "Z")}

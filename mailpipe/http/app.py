@@ -1,0 +1,88 @@
+"""The quart-trio application: routes, authentication and JSON errors."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from quart import Response, current_app, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    from mailpipe.service import Service
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def service() -> Service:
+    """The service the current app belongs to."""
+    return cast("Service", current_app.extensions["mailpipe"])
+
+
+def require_key(handler: F) -> F:
+    """Answer 401 unless ``x-api-key`` equals the configured key (constant time)."""
+
+    @wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = request.headers.get("x-api-key", "").encode()
+        if not hmac.compare_digest(given, service().api_key.encode()):
+            raise ApiError(401, "missing or invalid x-api-key")
+        return await handler(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def create_app(svc: Service) -> QuartTrio:
+    """The app serving ``svc``'s API."""
+    from mailpipe.http import api, probes
+
+    app = QuartTrio("mailpipe")
+    app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.extensions["mailpipe"] = svc
+    app.register_blueprint(api.bp)
+    app.register_blueprint(probes.bp)
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        response = jsonify({"error": exc.message, **exc.extra})
+        response.status_code = exc.status
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        message = {
+            404: "not found",
+            405: "method not allowed",
+            413: "request body too large (MAX_BODY_BYTES)",
+        }.get(code, exc.description or exc.name)
+        response = jsonify({"error": message})
+        response.status_code = code
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = jsonify({"error": "internal error"})
+        response.status_code = 500
+        return response
+
+    return app

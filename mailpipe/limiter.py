@@ -1,0 +1,95 @@
+"""The single global rate gate in front of every transport call.
+
+Permits are handed out on an evenly spaced schedule: the k-th permit after a
+busy start is due at ``start + k / rate``. Each slot is computed from the last
+*scheduled* slot, never from when a task happened to wake, so wake-up latency
+does not accumulate into drift. A call that needs ``k`` permits (a bulk send of
+``k`` recipients) takes ``k`` consecutive slots and starts at its first one;
+a sliding-window guard then delays it until the last second holds room for
+all ``k``, so no 1-second window ever sees more than ``ceiling`` sends start.
+
+On throttling the effective rate is cut multiplicatively and then climbs back
+additively toward the configured rate (AIMD), see :meth:`RateLimiter.throttled`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+WINDOW = 1.0
+
+
+class RateLimiter:
+    """Evenly spaced permits at ``rate`` per second, at most ``floor(rate)`` per 1 s window."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        min_rate: float | None = None,
+        decrease: float = 0.5,
+        recovery_per_s: float | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.target = rate
+        self.rate = rate
+        self.ceiling = max(1, math.floor(rate + 1e-9))
+        self.min_rate = min_rate if min_rate is not None else max(rate / 64, 0.1)
+        self.decrease = decrease
+        self.recovery_per_s = recovery_per_s if recovery_per_s is not None else rate / 20
+        self._clock = clock
+        self._next = -math.inf
+        self._window: deque[tuple[float, int]] = deque()
+        self._in_window = 0
+        self._last_cut = -math.inf
+
+    def reserve(self, k: int = 1) -> float:
+        """Reserve ``k`` permits; returns the time the caller may start."""
+        if not 1 <= k <= self.ceiling:
+            raise ValueError(f"k must be between 1 and {self.ceiling}")
+        start = max(self._next, self._clock())
+        start = self._room_for(start, k)
+        self._window.append((start, k))
+        self._in_window += k
+        self._next = start + k / self.rate
+        return start
+
+    async def acquire(self, k: int = 1) -> None:
+        """Wait until ``k`` permits are available and take them."""
+        await trio.sleep_until(self.reserve(k))
+
+    def _room_for(self, start: float, k: int) -> float:
+        # Drop reservations that no window containing `start` can see, then
+        # push `start` past the oldest ones until k more fit.
+        while self._window and self._window[0][0] <= start - WINDOW:
+            self._in_window -= self._window.popleft()[1]
+        while self._in_window + k > self.ceiling:
+            oldest, n = self._window.popleft()
+            self._in_window -= n
+            start = max(start, oldest + WINDOW)
+        return start
+
+    # -- AIMD -------------------------------------------------------------
+
+    def throttled(self) -> None:
+        """SES said "too fast": cut the effective rate (at most once per window)."""
+        now = self._clock()
+        if now - self._last_cut < WINDOW:
+            return
+        self._last_cut = now
+        self.rate = max(self.min_rate, self.rate * self.decrease)
+        # Re-space what is not yet reserved at the new, slower rate.
+        self._next = max(self._next, now + 1 / self.rate)
+
+    def succeeded(self, k: int = 1) -> None:
+        """``k`` sends went through: climb back toward the target rate."""
+        if self.rate >= self.target:
+            return
+        # Adding recovery_per_s / rate per send gives about recovery_per_s per second.
+        self.rate = min(self.target, self.rate + k * self.recovery_per_s / self.rate)

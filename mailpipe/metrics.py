@@ -1,0 +1,93 @@
+"""Counters and gauges of the pipeline, as Prometheus metrics and a log line.
+
+Each service owns one :class:`Metrics` with its own registry, so several
+services (tests) can live in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The pipeline's figures; the actors count, the reporter and ``/metrics`` read."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sent = Counter("mailpipe_sent", "Emails handed to the provider", registry=r)
+        self.failed = Counter("mailpipe_failed", "Requests that ended failed", registry=r)
+        self.throttled = Counter(
+            "mailpipe_throttled", "Sends the provider refused for rate", registry=r
+        )
+        self.retried = Counter(
+            "mailpipe_retried", "Sends scheduled for another attempt", registry=r
+        )
+        self.maybe_duplicated = Counter(
+            "mailpipe_retried_maybe_sent",
+            "Retries after a failure in which the provider may already have sent",
+            registry=r,
+        )
+        self.stopped = Counter("mailpipe_stopped", "Requests stopped before sending", registry=r)
+        self.accepted = Counter("mailpipe_accepted", "Recipients accepted by the API", registry=r)
+        self.call_seconds = Histogram(
+            "mailpipe_provider_call_seconds",
+            "Latency of one provider call",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.queued = Gauge("mailpipe_queue_depth", "Claimed jobs waiting to send", registry=r)
+        self.in_flight = Gauge("mailpipe_in_flight", "Provider calls in flight", registry=r)
+        self.rate = Gauge(
+            "mailpipe_effective_rate", "Current permitted sends per second", registry=r
+        )
+        self.paused = Gauge("mailpipe_sending_paused", "1 while sending is paused", registry=r)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)
+
+
+def _value(counter: Counter) -> float:
+    return float(counter._value.get())
+
+
+class Reporter:
+    """Logs one line every ``interval`` seconds in which something happened."""
+
+    def __init__(
+        self, metrics: Metrics, *, interval: float = 5.0, queued: Callable[[], int] = lambda: 0
+    ) -> None:
+        self.metrics = metrics
+        self.interval = interval
+        self.queued = queued
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report until cancelled."""
+        m = self.metrics
+        last = (_value(m.sent), _value(m.failed), _value(m.throttled))
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            m.queued.set(self.queued())
+            now = (_value(m.sent), _value(m.failed), _value(m.throttled))
+            sent, failed, throttled = (a - b for a, b in zip(now, last, strict=True))
+            last = now
+            in_flight = int(m.in_flight._value.get())
+            queued = self.queued()
+            if sent or failed or throttled or in_flight or queued:
+                log.info(
+                    "sent=%d failed=%d throttled=%d rate=%.1f/s queued=%d in_flight=%d",
+                    sent,
+                    failed,
+                    throttled,
+                    sent / self.interval,
+                    queued,
+                    in_flight,
+                )

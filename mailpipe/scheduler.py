@@ -1,0 +1,98 @@
+"""The scheduler: claims due requests and feeds them to the sender pool.
+
+It claims in batches (``CREATED → PROCESSING``, lowest id first), loads each
+content once, and blocks on the bounded job channel when the senders are
+busy, so memory stays bounded however large the backlog. It sleeps until the
+API nudges it (due-now rows were committed), the earliest ``scheduled_at``
+arrives, or ``poll`` seconds pass, whichever is first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import trio
+
+from mailpipe.jobs import Job
+from mailpipe.store import Content, Store
+from mailpipe.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+CONTENT_CACHE = 1024
+
+
+class Scheduler:
+    """Owner of the send side of the job channel."""
+
+    def __init__(
+        self,
+        store: Store,
+        jobs: trio.MemorySendChannel[Job],
+        *,
+        batch: int = 500,
+        poll: float = 1.0,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._batch = batch
+        self._poll = poll
+        self._now = now
+        self._wake = trio.Event()
+        self._contents: OrderedDict[int, Content] = OrderedDict()
+        self._scope = trio.CancelScope()
+        self.claimed = 0
+        self.paused: Callable[[], bool] = lambda: False
+
+    def nudge(self) -> None:
+        """Due rows were committed: claim now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; the job channel is closed as :meth:`run` returns."""
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Claim and feed until :meth:`stop`."""
+        async with self._jobs:
+            with self._scope:
+                task_status.started()
+                while True:
+                    wake = self._wake = trio.Event()
+                    if not self.paused() and await self._claim_and_feed():
+                        continue
+                    with trio.move_on_after(await self._idle_delay()):
+                        await wake.wait()
+
+    async def _claim_and_feed(self) -> int:
+        rows = await self._store.claim_due(self._now(), self._batch)
+        if not rows:
+            return 0
+        self.claimed += len(rows)
+        contents = await self._load({row.content_id for row in rows})
+        for row in rows:
+            await self._jobs.send(Job(row.id, row.topic_id, row.to, contents[row.content_id]))
+        return len(rows)
+
+    async def _idle_delay(self) -> float:
+        if self.paused():
+            return self._poll
+        due = await self._store.next_scheduled_at()
+        if due is None:
+            return self._poll
+        return min(self._poll, max(0.0, (due - self._now()).total_seconds()))
+
+    async def _load(self, ids: Iterable[int]) -> dict[int, Content]:
+        found = {i: self._contents[i] for i in ids if i in self._contents}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            loaded = await self._store.load_contents(missing)
+            found.update(loaded)
+            self._contents.update(loaded)
+            while len(self._contents) > CONTENT_CACHE:
+                self._contents.popitem(last=False)
+        return found

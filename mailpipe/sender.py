@@ -1,0 +1,288 @@
+"""The sender pool: takes jobs, waits for the limiter, calls the transport.
+
+At most ``max_concurrent`` transport calls run at once, each in a worker
+thread. Every permit is the last thing taken before a call, so calls start on
+the limiter's schedule. Outcomes go to the recorder; retries wait outside the
+pool (holding no slot) and then queue for a slot again.
+
+Shutdown (:meth:`SenderPool.stop`): dispatch stops, waiting retries are
+dropped (their rows are still PROCESSING and the service requeues them), and
+calls already handed to the provider finish and are recorded. Thread calls are
+never abandoned: an abandoned call may still send.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from mailpipe.backoff import backoff_delay
+from mailpipe.compose import Composer
+from mailpipe.errors import (
+    PermanentSendError,
+    SendError,
+    SendingPaused,
+    Throttled,
+    TransientSendError,
+)
+from mailpipe.jobs import Job
+from mailpipe.limiter import RateLimiter
+from mailpipe.metrics import Metrics
+from mailpipe.pause import PauseGate
+from mailpipe.status import Status
+from mailpipe.stops import TopicStops
+from mailpipe.store import Outcome
+from mailpipe.transport import Email, SendResult, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed sends are retried."""
+
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    throttle_delay: float = 0.5
+
+
+def batch_size(transport_max: int, rate: float) -> int:
+    """The largest batch that keeps the limiter exact: it must divide the per-second rate.
+
+    A call of k recipients takes k permits at once; with k dividing ``floor(rate)``,
+    evenly spaced calls fill every 1-second window exactly, so the mean stays at
+    ``rate`` and no window exceeds it.
+    """
+    per_second = max(1, math.floor(rate + 1e-9))
+    best = 1
+    for k in range(1, min(transport_max, per_second) + 1):
+        if per_second % k == 0:
+            best = k
+    return best
+
+
+class SenderPool:
+    """Owner of the send side of the outcome channel."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        limiter: RateLimiter,
+        composer: Composer,
+        jobs: trio.MemoryReceiveChannel[Job],
+        outcomes: trio.MemorySendChannel[Outcome],
+        metrics: Metrics,
+        *,
+        max_concurrent: int,
+        graceful_timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        handed: MutableMapping[int, str] | None = None,
+        gate: PauseGate | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self._limiter = limiter
+        self._composer = composer
+        self._jobs = jobs
+        self._outcomes = outcomes
+        self._metrics = metrics
+        self._slots = trio.CapacityLimiter(max_concurrent)
+        self._threads = trio.CapacityLimiter(max_concurrent)
+        self._graceful = graceful_timeout
+        self._retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._lookahead: Job | None = None
+        self._dispatch_scope = trio.CancelScope()
+        self._stopping = False
+        self._waiting: trio.Nursery | None = None
+        self._workers: trio.Nursery | None = None
+        self.max_batch = batch_size(transport.max_batch, limiter.target)
+        self.handed: MutableMapping[int, str] = handed if handed is not None else {}
+        self.stops = TopicStops()
+        self.gate = gate or PauseGate()
+        self.in_flight = 0
+        self.waiting_retries = 0
+
+    def stop(self) -> None:
+        """Stop dispatching; calls in flight still finish and are recorded."""
+        self._stopping = True
+        self._dispatch_scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch until :meth:`stop` or the job channel ends, then drain."""
+        async with self._outcomes, self._jobs, trio.open_nursery() as workers:
+            self._workers = workers
+            async with trio.open_nursery() as waiting:
+                self._waiting = waiting
+                with self._dispatch_scope:
+                    task_status.started()
+                    await self._dispatch()
+                self._stopping = True
+                waiting.cancel_scope.cancel()
+            if self.in_flight:
+                log.info("waiting for %d provider calls in flight", self.in_flight)
+            workers.cancel_scope.deadline = trio.current_time() + self._graceful
+
+    async def _dispatch(self) -> None:
+        while True:
+            first = self._lookahead
+            self._lookahead = None
+            if first is None:
+                try:
+                    first = await self._jobs.receive()
+                except trio.EndOfChannel:
+                    return
+            await self._submit(self._gather(first))
+
+    def _gather(self, first: Job) -> list[Job]:
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                job = self._jobs.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if job.content.id != first.content.id:
+                self._lookahead = job
+                break
+            batch.append(job)
+        return batch
+
+    async def _submit(self, batch: list[Job]) -> None:
+        """Wait for a slot and permits, then start the call (or drop stopped jobs)."""
+        batch = await self._live(batch)
+        if not batch:
+            return
+        await self.gate.wait_open()
+        token = object()
+        await self._slots.acquire_on_behalf_of(token)
+        try:
+            await self._limiter.acquire(len(batch))
+            batch = await self._live(batch)
+        except BaseException:
+            self._slots.release_on_behalf_of(token)
+            raise
+        if not batch:
+            self._slots.release_on_behalf_of(token)
+            return
+        for job in batch:
+            self.handed[job.request_id] = job.topic_id
+        assert self._workers is not None
+        self._workers.start_soon(self._call, batch, token)
+
+    async def _live(self, batch: list[Job]) -> list[Job]:
+        live = [job for job in batch if not self.stops.stopped(job.topic_id, job.request_id)]
+        if len(live) < len(batch):
+            dead = [job for job in batch if job not in live]
+            self._metrics.stopped.inc(len(dead))
+            await self._emit([Outcome(j.request_id, Status.STOPPED, error="stopped") for j in dead])
+        return live
+
+    async def _call(self, batch: list[Job], token: object) -> None:
+        self.in_flight += 1
+        self._metrics.in_flight.inc()
+        start = trio.current_time()
+        try:
+            results = await trio.to_thread.run_sync(
+                self._send_blocking, batch, limiter=self._threads
+            )
+        finally:
+            self._slots.release_on_behalf_of(token)
+            self.in_flight -= 1
+            self._metrics.in_flight.dec()
+        self._metrics.call_seconds.observe(trio.current_time() - start)
+        await self._settle(batch, results)
+
+    def _send_blocking(self, batch: Sequence[Job]) -> list[SendResult]:
+        emails: list[Email] = []
+        early: dict[int, SendResult] = {}
+        for i, job in enumerate(batch):
+            try:
+                emails.append(self._composer.compose(job))
+            except (ValueError, SendError) as exc:
+                error = (
+                    exc
+                    if isinstance(exc, SendError)
+                    else PermanentSendError("ComposeError", str(exc))
+                )
+                early[i] = SendResult(error=error)
+        sent = iter(self._transport.send(emails) if emails else [])
+        return [early[i] if i in early else next(sent) for i in range(len(batch))]
+
+    async def _settle(self, batch: list[Job], results: list[SendResult]) -> None:
+        outcomes: list[Outcome] = []
+        throttled: list[Job] = []
+        transient: list[Job] = []
+        for job, result in zip(batch, results, strict=True):
+            error = result.error
+            tries = job.attempt + 1
+            if error is None:
+                sent_ok = Outcome(job.request_id, Status.SENT, result.message_id, attempts=tries)
+                outcomes.append(sent_ok)
+                continue
+            if isinstance(error, Throttled):
+                throttled.append(job.retried())
+            elif isinstance(error, SendingPaused):
+                self.gate.pause(f"{error.code}: {error.message}")
+                outcomes.append(Outcome(job.request_id, Status.CREATED, attempts=tries))
+            elif isinstance(error, TransientSendError) and tries < self._retry.max_attempts:
+                if error.maybe_sent:
+                    self._metrics.maybe_duplicated.inc()
+                transient.append(job.retried())
+            else:
+                outcomes.append(
+                    Outcome(job.request_id, Status.FAILED, error=str(error), attempts=tries)
+                )
+                log.warning("request %d to %s failed: %s", job.request_id, job.to, error)
+        sent = sum(1 for o in outcomes if o.status is Status.SENT)
+        failed = sum(1 for o in outcomes if o.status is Status.FAILED)
+        if sent:
+            self._metrics.sent.inc(sent)
+            self._limiter.succeeded(sent)
+        if failed:
+            self._metrics.failed.inc(failed)
+        if throttled:
+            self._metrics.throttled.inc(len(throttled))
+            self._limiter.throttled()
+            self._metrics.rate.set(self._limiter.rate)
+            self._later(throttled, self._retry.throttle_delay)
+        if transient:
+            attempt = transient[0].attempt
+            self._later(
+                transient,
+                backoff_delay(
+                    attempt, base=self._retry.base_delay, cap=self._retry.max_delay, rng=self._rng
+                ),
+            )
+        await self._emit(outcomes)
+
+    def _later(self, jobs: list[Job], delay: float) -> None:
+        if self._stopping or self._waiting is None:
+            return  # still PROCESSING: the service requeues them on the way out
+        self._metrics.retried.inc(len(jobs))
+        self._waiting.start_soon(self._retry_after, jobs, delay)
+
+    async def _retry_after(self, jobs: list[Job], delay: float) -> None:
+        self.waiting_retries += len(jobs)
+        try:
+            await trio.sleep(delay)
+        finally:
+            self.waiting_retries -= len(jobs)
+        for i in range(0, len(jobs), self.max_batch):
+            await self._submit(jobs[i : i + self.max_batch])
+
+    async def _emit(self, outcomes: list[Outcome]) -> None:
+        # Shielded: once a call returned, its outcome must reach the recorder.
+        with trio.CancelScope(shield=True):
+            for outcome in outcomes:
+                await self._outcomes.send(outcome)
+
+
+def queue_depth(jobs: trio.MemoryReceiveChannel[Job]) -> Callable[[], int]:
+    """A reader of how many claimed jobs wait in the channel."""
+    return lambda: jobs.statistics().current_buffer_used

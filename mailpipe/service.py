@@ -1,0 +1,222 @@
+"""The service: one nursery supervising every actor.
+
+Start order (each reports ready through ``nursery.start``): recorder, sender
+pool, scheduler, metrics reporter, then HTTP. Shutdown: stop accepting
+(hypercorn's ``shutdown_trigger``), stop claiming, let calls in flight finish
+and be recorded, then return every row still PROCESSING to CREATED.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from mailpipe.addresses import AddressValidator
+from mailpipe.compose import Composer
+from mailpipe.config import Config
+from mailpipe.http.app import create_app
+from mailpipe.jobs import Job
+from mailpipe.limiter import RateLimiter
+from mailpipe.metrics import Metrics, Reporter
+from mailpipe.pause import PauseGate
+from mailpipe.recorder import Recorder
+from mailpipe.scheduler import Scheduler
+from mailpipe.secrets_file import load_or_create_secret_file
+from mailpipe.sender import RetryPolicy, SenderPool
+from mailpipe.store import Outcome, Store, open_store
+from mailpipe.timeutil import utcnow
+from mailpipe.transport import Transport
+from mailpipe.transport.factory import open_transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """Everything the actors and the HTTP handlers share."""
+
+    config: Config
+    store: Store
+    api_key: str
+    transport: Transport
+    metrics: Metrics
+    limiter: RateLimiter
+    gate: PauseGate
+    scheduler: Scheduler
+    pool: SenderPool
+    recorder: Recorder
+    jobs: trio.MemoryReceiveChannel[Job]
+    handed: dict[int, str]
+    addresses: AddressValidator = field(default_factory=AddressValidator)
+    cpu_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
+    shutdown_requested: trio.Event = field(default_factory=trio.Event)
+    stopping: bool = False
+    url: str = ""
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self.shutdown_requested.set()
+
+    def refresh_gauges(self) -> None:
+        """Bring the sampled gauges up to date (before a scrape)."""
+        self.metrics.queued.set(self.jobs.statistics().current_buffer_used)
+        self.metrics.rate.set(self.limiter.rate)
+        self.metrics.paused.set(1 if self.gate.paused else 0)
+
+
+def resolve_api_key(config: Config) -> str:
+    """The configured ``API_KEY``, or one generated once into ``<data dir>/api_key``."""
+    if config.api_key:
+        return config.api_key
+    path = config.data_dir / "api_key"
+    key = load_or_create_secret_file(path, 24)
+    log.info("API_KEY is not set; using the generated key in %s", path.resolve())
+    return key
+
+
+def channel_capacity(rate: float) -> int:
+    """Claimed jobs held in memory: about two seconds of sending, within bounds."""
+    return max(100, min(10_000, int(2 * rate)))
+
+
+async def run_service(
+    config: Config,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until a shutdown is requested (SIGINT/SIGTERM or :meth:`Service.request_shutdown`)."""
+    async with open_store(config.db_path) as store:
+        requeued = await store.requeue_processing(utcnow())
+        if requeued:
+            log.warning("re-queued %d requests left in processing by an unclean stop", requeued)
+        api_key = resolve_api_key(config)
+        async with open_transport(config) as (transport, rate):
+            svc = _assemble(config, store, api_key, transport, rate)
+            await _supervise(svc, handle_signals, task_status)
+        requeued = await store.requeue_processing(utcnow())
+        if requeued:
+            log.info("returned %d claimed but unsent requests to the queue", requeued)
+    log.info("stopped")
+
+
+def _assemble(
+    config: Config, store: Store, api_key: str, transport: Transport, rate: float
+) -> Service:
+    metrics = Metrics()
+    limiter = RateLimiter(rate)
+    metrics.rate.set(rate)
+    gate = PauseGate()
+    handed: dict[int, str] = {}
+    capacity = channel_capacity(rate)
+    jobs_send, jobs_recv = trio.open_memory_channel[Job](capacity)
+    outcomes_send, outcomes_recv = trio.open_memory_channel[Outcome](10_000)
+    scheduler = Scheduler(store, jobs_send, batch=min(capacity, 1000))
+    scheduler.paused = lambda: gate.paused
+    pool = SenderPool(
+        transport,
+        limiter,
+        Composer(config.email_sender or "mailpipe@localhost"),
+        jobs_recv,
+        outcomes_send,
+        metrics,
+        max_concurrent=config.max_concurrent,
+        graceful_timeout=config.graceful_timeout,
+        retry=RetryPolicy(max_attempts=config.max_attempts),
+        handed=handed,
+        gate=gate,
+    )
+    recorder = Recorder(store, outcomes_recv, handed=handed)
+    return Service(
+        config,
+        store,
+        api_key,
+        transport,
+        metrics,
+        limiter,
+        gate,
+        scheduler,
+        pool,
+        recorder,
+        jobs_recv,
+        handed,
+    )
+
+
+async def _supervise(
+    svc: Service, handle_signals: bool, task_status: trio.TaskStatus[Service]
+) -> None:
+    aux = [trio.CancelScope(), trio.CancelScope()]  # signal watcher, reporter: ended last
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            await nursery.start(_in_scope, aux[0], partial(_watch_signals, svc.request_shutdown))
+        await nursery.start(svc.recorder.run)
+        await nursery.start(svc.pool.run)
+        await nursery.start(svc.scheduler.run)
+        await nursery.start(
+            _in_scope,
+            aux[1],
+            Reporter(svc.metrics, queued=lambda: svc.jobs.statistics().current_buffer_used).run,
+        )
+        binds = await nursery.start(_serve_http, svc)
+        svc.url = binds[0]
+        log.info(
+            "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d",
+            svc.url,
+            svc.transport.name,
+            svc.limiter.rate,
+            svc.config.max_concurrent,
+        )
+        task_status.started(svc)
+        await svc.shutdown_requested.wait()
+        log.info(
+            "shutting down: finishing calls in flight (at most %gs)", svc.config.graceful_timeout
+        )
+        svc.stopping = True
+        svc.scheduler.stop()
+        svc.pool.stop()
+        await svc.recorder.done.wait()
+        for scope in aux:
+            scope.cancel()
+
+
+async def _in_scope(
+    scope: trio.CancelScope,
+    fn: Callable[..., object],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await fn(task_status=task_status)  # type: ignore[misc]
+
+
+async def _serve_http(
+    svc: Service, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    hc = HyperConfig()
+    hc.bind = [f"{svc.config.server_bind}:{svc.config.server_port}"]
+    hc.graceful_timeout = svc.config.graceful_timeout
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    await serve(
+        create_app(svc), hc, shutdown_trigger=svc.shutdown_requested.wait, task_status=task_status
+    )
+
+
+async def _watch_signals(
+    request_shutdown: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            request_shutdown()

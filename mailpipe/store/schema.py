@@ -1,0 +1,82 @@
+"""Numbered schema migrations, applied in order and tracked in ``PRAGMA user_version``.
+
+Never edit a migration that has shipped; add the next one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the Go service's tables, columns and status codes.
+    """
+    CREATE TABLE email_contents (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject     TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        created_at  TEXT,
+        updated_at  TEXT,
+        deleted_at  TEXT
+    );
+    CREATE TABLE email_requests (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic_id     TEXT,
+        message_id   TEXT,
+        "to"         TEXT NOT NULL,
+        content_id   INTEGER NOT NULL REFERENCES email_contents(id),
+        scheduled_at TEXT,
+        status       INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        created_at   TEXT,
+        updated_at   TEXT,
+        deleted_at   TEXT
+    );
+    CREATE INDEX idx_email_requests_topic_id ON email_requests(topic_id);
+    CREATE INDEX idx_email_requests_message_id ON email_requests(message_id);
+    CREATE INDEX idx_email_requests_content_id ON email_requests(content_id);
+    CREATE INDEX idx_email_requests_scheduled_at ON email_requests(scheduled_at);
+    CREATE INDEX idx_email_requests_pending_id ON email_requests(id) WHERE status = 0;
+    CREATE INDEX idx_email_requests_pending_due
+        ON email_requests(scheduled_at) WHERE status = 0;
+    CREATE TABLE email_results (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id  INTEGER REFERENCES email_requests(id),
+        status      TEXT NOT NULL,
+        raw         TEXT,
+        created_at  TEXT,
+        updated_at  TEXT,
+        deleted_at  TEXT
+    );
+    CREATE INDEX idx_email_results_request_id ON email_results(request_id);
+    CREATE INDEX idx_email_results_status ON email_results(status);
+    """,
+    # 2: attempt counts, and counting sends by time.
+    """
+    ALTER TABLE email_requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX idx_email_requests_status_updated ON email_requests(status, updated_at);
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Apply every migration newer than the database; returns (old, new) versions.
+
+    Each migration and its version bump commit together, so a crash leaves the
+    database at a whole version.
+    """
+    (old,) = conn.execute("PRAGMA user_version").fetchone()
+    if old > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {old} is newer than this mailpipe ({len(MIGRATIONS)})"
+        )
+    for version in range(old + 1, len(MIGRATIONS) + 1):
+        script = MIGRATIONS[version - 1]
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+    return old, len(MIGRATIONS)

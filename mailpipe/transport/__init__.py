@@ -1,0 +1,64 @@
+"""Transports hand finished emails to a provider. One small interface:
+
+``send(emails)`` takes up to ``max_batch`` emails and returns, in order, one
+:class:`SendResult` per email. It blocks (it is called in a worker thread) and
+never raises for a per-email failure: it returns a result holding a classified
+:class:`~mailpipe.errors.SendError`. Exceptions escape only for bugs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mailpipe.errors import SendError
+
+
+@dataclass(frozen=True)
+class Email:
+    """One finished email for one recipient, as the transport sends it."""
+
+    request_id: int
+    sender: str
+    to: str
+    subject: str
+    html: str
+    text: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    content_id: int = 0
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The outcome of one email: a provider message id, or the error."""
+
+    message_id: str | None = None
+    error: SendError | None = None
+
+
+class Transport(Protocol):
+    """Something that can deliver emails; see the module docstring."""
+
+    name: str
+    max_batch: int
+
+    def send(self, emails: Sequence[Email]) -> list[SendResult]:
+        """Deliver ``emails`` (1 to ``max_batch``, same content); one result each, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def request_headers(request_id: int) -> tuple[tuple[str, str], ...]:
+    """Headers every email carries so feedback maps back to its request."""
+    return (("X-Request-ID", str(request_id)),)
+
+
+def request_tags(request_id: int) -> tuple[tuple[str, str], ...]:
+    """SES message tags every email carries (ASCII letters, digits, ``_``, ``-`` only)."""
+    return (("request_id", str(request_id)),)
