@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sqlite3
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the Go service's tables, columns and status codes.
-    """
+MIGRATIONS: dict[int, str] = {
+    # the Go service's tables, columns and status codes.
+    1: """
     CREATE TABLE email_contents (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
         subject     TEXT NOT NULL,
@@ -50,12 +50,36 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_email_results_request_id ON email_results(request_id);
     CREATE INDEX idx_email_results_status ON email_results(status);
     """,
-    # 2: attempt counts, and counting sends by time.
-    """
+    # attempt counts, and counting sends by time.
+    2: """
     ALTER TABLE email_requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX idx_email_requests_status_updated ON email_requests(status, updated_at);
     """,
-)
+    # SES feedback over SNS: queryable result columns, SNS dedupe, suppression list.
+    3: """
+    ALTER TABLE email_results ADD COLUMN sns_message_id TEXT;
+    ALTER TABLE email_results ADD COLUMN ses_message_id TEXT;
+    ALTER TABLE email_results ADD COLUMN recipient TEXT;
+    ALTER TABLE email_results ADD COLUMN bounce_type TEXT;
+    ALTER TABLE email_results ADD COLUMN bounce_subtype TEXT;
+    CREATE INDEX idx_email_results_bounce
+        ON email_results(bounce_type, bounce_subtype) WHERE bounce_type IS NOT NULL;
+    CREATE INDEX idx_email_results_recipient ON email_results(recipient);
+    CREATE TABLE sns_messages (
+        message_id  TEXT PRIMARY KEY,
+        created_at  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX idx_sns_messages_created_at ON sns_messages(created_at);
+    CREATE TABLE suppressions (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        address     TEXT NOT NULL UNIQUE,
+        reason      TEXT NOT NULL,
+        source      TEXT,
+        request_id  INTEGER,
+        created_at  TEXT NOT NULL
+    );
+    """,
+}
 
 
 def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -64,13 +88,15 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
     Each migration and its version bump commit together, so a crash leaves the
     database at a whole version.
     """
+    latest = max(MIGRATIONS)
+    assert sorted(MIGRATIONS) == list(range(1, latest + 1)), "migrations must be numbered 1..n"
     (old,) = conn.execute("PRAGMA user_version").fetchone()
-    if old > len(MIGRATIONS):
+    if old > latest:
         raise RuntimeError(
-            f"database schema version {old} is newer than this mailpipe ({len(MIGRATIONS)})"
+            f"database schema version {old} is newer than this mailpipe ({latest})"
         )
-    for version in range(old + 1, len(MIGRATIONS) + 1):
-        script = MIGRATIONS[version - 1]
+    for version in range(old + 1, latest + 1):
+        script = MIGRATIONS[version]
         try:
             conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
@@ -79,4 +105,4 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
             if conn.in_transaction:
                 conn.rollback()
             raise
-    return old, len(MIGRATIONS)
+    return old, latest

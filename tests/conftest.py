@@ -1,0 +1,63 @@
+"""Shared fixtures: a real service on port 0 with a real SQLite file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from mailpipe.config import Config, load_config
+from mailpipe.service import Service, run_service
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+API_KEY = "test-key-0123456789"
+
+
+def make_config(tmp_path: Path, **env: Any) -> Config:
+    """A config for a service under ``tmp_path``: port 0, loopback, outbox unless told."""
+    base = {
+        "SERVER_PORT": "0",
+        "SERVER_BIND": "127.0.0.1",
+        "DB_PATH": str(tmp_path / "data" / "app.db"),
+        "API_KEY": API_KEY,
+        "EMAIL_TRANSPORT": "outbox",
+        "EMAIL_SENDER": "sender@example.com",
+    }
+    base.update({k: str(v) for k, v in env.items()})
+    return load_config(base, env_file=tmp_path / "no.env")
+
+
+@asynccontextmanager
+async def running_service(config: Config) -> AsyncIterator[Service]:
+    """Run the service in this trio run; shut it down gracefully on exit."""
+    async with trio.open_nursery() as nursery:
+        svc: Service = await nursery.start(
+            lambda task_status: run_service(config, handle_signals=False, task_status=task_status)
+        )
+        try:
+            yield svc
+        finally:
+            svc.request_shutdown()
+
+
+@asynccontextmanager
+async def api_client(svc: Service, key: str | None = API_KEY) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for ``svc``, sending ``x-api-key`` when ``key`` is given."""
+    headers = {"x-api-key": key} if key else {}
+    async with httpx.AsyncClient(base_url=svc.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """A default test config (outbox transport)."""
+    return make_config(tmp_path)

@@ -1,0 +1,147 @@
+"""The rate limiter, timed exactly with trio's autojump clock."""
+
+from __future__ import annotations
+
+import bisect
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailpipe.limiter import RateLimiter
+from mailpipe.sender import batch_size
+
+EPS = 1e-9
+
+
+def max_in_window(starts: list[tuple[float, int]], window: float = 1.0) -> int:
+    """Most sends starting within any half-open window [t, t + window)."""
+    times = [t for t, _ in starts]
+    counts = [k for _, k in starts]
+    best = 0
+    for i, (t, _) in enumerate(starts):
+        j = bisect.bisect_left(times, t + window - EPS)
+        best = max(best, sum(counts[i:j]))
+    return best
+
+
+async def run_consumers(limiter: RateLimiter, n_tasks: int, per_task: int, k: int = 1) -> list[
+    tuple[float, int]
+]:
+    starts: list[tuple[float, int]] = []
+
+    async def consumer() -> None:
+        for _ in range(per_task):
+            await limiter.acquire(k)
+            starts.append((trio.current_time(), k))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n_tasks):
+            nursery.start_soon(consumer)
+    return sorted(starts)
+
+
+@pytest.mark.parametrize("rate", [1, 14, 50, 100, 333])
+async def test_no_window_exceeds_rate_and_mean_is_exact(
+    autojump_clock: trio.testing.MockClock, rate: int
+) -> None:
+    limiter = RateLimiter(rate)
+    start = trio.current_time()
+    starts = await run_consumers(limiter, n_tasks=8, per_task=rate * 5)
+    assert len(starts) == rate * 40
+    assert max_in_window(starts) == rate
+    # Evenly spaced: permit n at start + n / rate, so the whole run has no drift.
+    for n, (t, _) in enumerate(starts):
+        assert t == pytest.approx(start + n / rate, abs=1e-6)
+    elapsed = starts[-1][0] - starts[0][0]
+    assert (len(starts) - 1) / elapsed == pytest.approx(rate, rel=1e-6)
+
+
+async def test_no_drift_over_a_long_run(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(14)
+    start = trio.current_time()
+    starts = await run_consumers(limiter, n_tasks=3, per_task=14 * 200)  # 10 minutes of sending
+    assert starts[-1][0] == pytest.approx(start + (len(starts) - 1) / 14, abs=1e-6)
+    assert max_in_window(starts) == 14
+
+
+async def test_first_second_has_no_burst(autojump_clock: trio.testing.MockClock) -> None:
+    # The Go service's token bucket let 2N through in the first second.
+    limiter = RateLimiter(50)
+    start = trio.current_time()
+    starts = await run_consumers(limiter, n_tasks=100, per_task=2)
+    assert sum(1 for t, _ in starts if t < start + 1) == 50
+
+
+async def test_idle_gap_does_not_allow_a_burst(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(10)
+    first = await run_consumers(limiter, n_tasks=1, per_task=10)
+    await trio.sleep(5)
+    second = await run_consumers(limiter, n_tasks=5, per_task=4)
+    assert max_in_window(first + second) == 10
+
+
+async def test_bulk_permits_fill_windows_exactly(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(100)
+    k = batch_size(50, 100)
+    assert k == 50
+    starts = await run_consumers(limiter, n_tasks=4, per_task=20, k=k)
+    assert max_in_window(starts) == 100
+    elapsed = starts[-1][0] - starts[0][0]
+    assert (sum(n for _, n in starts) - k) / elapsed == pytest.approx(100, rel=1e-6)
+
+
+async def test_mixed_bulk_sizes_never_exceed_the_ceiling(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(100)
+    starts: list[tuple[float, int]] = []
+    for k in [1, 50, 50, 30, 30, 30, 7, 50, 1, 1, 49, 50] * 5:
+        await limiter.acquire(k)
+        starts.append((trio.current_time(), k))
+    assert max_in_window(starts) <= 100
+
+
+@given(st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=60),
+       st.integers(min_value=20, max_value=200))
+def test_window_guard_holds_for_any_sequence(sizes: list[int], rate: int) -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate, clock=lambda: now[0])
+    starts = []
+    for k in sizes:
+        t = limiter.reserve(k)
+        now[0] = max(now[0], t)  # callers start at their reserved time
+        starts.append((t, k))
+    assert max_in_window(starts) <= rate
+
+
+async def test_throttling_cuts_the_rate_and_recovery_climbs_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(40)
+    limiter.throttled()
+    assert limiter.rate == 20
+    limiter.throttled()  # within the same second: one cut per window
+    assert limiter.rate == 20
+    await trio.sleep(1)
+    limiter.throttled()
+    assert limiter.rate == 10
+    # While SES accepts, the rate climbs back step by step to the target.
+    seen = [limiter.rate]
+    while limiter.rate < 40:
+        await limiter.acquire()
+        limiter.succeeded()
+        seen.append(limiter.rate)
+    assert seen == sorted(seen)
+    assert limiter.rate == 40
+    assert limiter.min_rate > 0
+
+
+async def test_throttled_rate_spaces_permits_wider(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(40, recovery_per_s=0.0)
+    await limiter.acquire()
+    limiter.throttled()
+    starts = await run_consumers(limiter, n_tasks=2, per_task=20)
+    assert max_in_window(starts) <= 20

@@ -1,0 +1,114 @@
+"""The store on a real SQLite file: migrations, inserts, claims, outcomes."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import trio
+
+from mailpipe.errors import StoreError
+from mailpipe.status import Status
+from mailpipe.store import NewMessage, Outcome, open_store
+from mailpipe.store.schema import MIGRATIONS, migrate
+from mailpipe.timeutil import utcnow
+
+
+def test_migrations_reach_the_latest_version_and_are_idempotent(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    assert migrate(conn) == (0, max(MIGRATIONS))
+    assert migrate(conn) == (max(MIGRATIONS), max(MIGRATIONS))
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(email_requests)")}
+    assert {"id", "topic_id", "message_id", "to", "content_id", "scheduled_at", "status",
+            "error", "created_at", "updated_at", "deleted_at"} <= columns
+    assert {row[1] for row in conn.execute("PRAGMA table_info(email_contents)")} >= {
+        "id", "subject", "content"}
+    assert {row[1] for row in conn.execute("PRAGMA table_info(email_results)")} >= {
+        "id", "request_id", "status", "raw", "created_at"}
+
+
+def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    conn = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    latest = max(MIGRATIONS)
+    broken = dict(MIGRATIONS)
+    broken[latest + 1] = "CREATE TABLE ok_table (x); THIS IS NOT SQL;"
+    monkeypatch.setattr("mailpipe.store.schema.MIGRATIONS", broken)
+    with pytest.raises(sqlite3.Error):
+        migrate(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == latest
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "ok_table" not in tables
+
+
+def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {max(MIGRATIONS) + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        migrate(conn)
+
+
+async def test_pragmas_and_directory_creation(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "app.db"
+    async with open_store(path):
+        pass
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_claims_in_id_order_in_batches_and_only_due(tmp_path: Path) -> None:
+    now = utcnow()
+    async with open_store(tmp_path / "app.db") as store:
+        await store.insert_messages([
+            NewMessage("t", "s", "c", [f"a{i}@example.com" for i in range(5)]),
+            NewMessage("t", "s2", "c2", ["later@example.com"], now + timedelta(minutes=5)),
+            NewMessage("t", "s3", "c3", ["past@example.com"], now - timedelta(hours=1)),
+        ], now)
+        first = await store.claim_due(now, 3)
+        second = await store.claim_due(now, 10)
+        assert [c.id for c in first] == [1, 2, 3]
+        assert [c.to for c in second] == ["a3@example.com", "a4@example.com", "past@example.com"]
+        assert await store.claim_due(now, 10) == []
+        assert await store.next_scheduled_at() == now + timedelta(minutes=5)
+        later = await store.claim_due(now + timedelta(minutes=5), 10)
+        assert [c.to for c in later] == ["later@example.com"]
+        contents = await store.load_contents({c.content_id for c in first + later})
+        assert {c.subject for c in contents.values()} == {"s", "s2"}
+
+
+async def test_outcomes_only_change_processing_rows_and_requeue(tmp_path: Path) -> None:
+    now = utcnow()
+    async with open_store(tmp_path / "app.db") as store:
+        await store.insert_messages([NewMessage("t", "s", "c", ["a@x.com", "b@x.com",
+                                                                "c@x.com"])], now)
+        await store.claim_due(now, 2)
+        changed = await store.record_outcomes([
+            Outcome(1, Status.SENT, "ses-1", attempts=1),
+            Outcome(3, Status.SENT, "ses-3", attempts=1),  # not claimed: ignored
+        ], now)
+        assert changed == 1
+        assert await store.requeue_processing(now) == 1
+        stats = await store.topic_stats("t")
+        assert stats["request"] == {"total": 3, "created": 2, "processing": 0, "sent": 1,
+                                    "failed": 0, "stopped": 0}
+        assert await store.count_sent_since(now - timedelta(hours=1)) == 1
+
+
+async def test_insert_is_all_or_nothing(tmp_path: Path) -> None:
+    now = utcnow()
+    async with open_store(tmp_path / "app.db") as store:
+        bad = NewMessage("t", "s", "c", ["a@x.com", None])  # type: ignore[list-item]
+        with pytest.raises(StoreError):
+            await store.insert_messages([NewMessage("t", "s", "c", ["ok@x.com"]), bad], now)
+        assert (await store.topic_stats("t"))["request"]["total"] == 0  # type: ignore[index]
+
+
+async def test_large_insert_is_one_transaction(tmp_path: Path) -> None:
+    now = utcnow()
+    emails = [f"u{i}@example.com" for i in range(20_000)]
+    async with open_store(tmp_path / "app.db") as store:
+        with trio.fail_after(30):
+            result = await store.insert_messages([NewMessage("big", "s", "c", emails)], now)
+        assert result.count == 20_000 and result.due_now
+        assert (await store.topic_stats("big"))["request"]["created"] == 20_000  # type: ignore[index]
