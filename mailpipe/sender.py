@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ class SenderPool:
         handed: MutableMapping[int, str] | None = None,
         gate: PauseGate | None = None,
         rng: random.Random | None = None,
+        lead: float = 0.010,
     ) -> None:
         self._transport = transport
         self._limiter = limiter
@@ -97,6 +99,7 @@ class SenderPool:
         self._graceful = graceful_timeout
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
+        self._lead = lead
         self._lookahead: Job | None = None
         self._dispatch_scope = trio.CancelScope()
         self._stopping = False
@@ -162,7 +165,10 @@ class SenderPool:
         token = object()
         await self._slots.acquire_on_behalf_of(token)
         try:
-            await self._limiter.acquire(len(batch))
+            start = self._limiter.reserve(len(batch))
+            # Wake a little early: the worker thread builds the request, then
+            # holds it until the permit (see Transport.send's release_at).
+            await trio.sleep_until(start - self._lead)
             batch = await self._live(batch)
         except BaseException:
             self._slots.release_on_behalf_of(token)
@@ -172,8 +178,9 @@ class SenderPool:
             return
         for job in batch:
             self.handed[job.request_id] = job.topic_id
+        release_at = time.perf_counter() + (start - trio.current_time()) if self._lead else None
         assert self._workers is not None
-        self._workers.start_soon(self._call, batch, token)
+        self._workers.start_soon(self._call, batch, token, release_at)
 
     async def _live(self, batch: list[Job]) -> list[Job]:
         live = [job for job in batch if not self.stops.stopped(job.topic_id, job.request_id)]
@@ -183,13 +190,13 @@ class SenderPool:
             await self._emit([Outcome(j.request_id, Status.STOPPED, error="stopped") for j in dead])
         return live
 
-    async def _call(self, batch: list[Job], token: object) -> None:
+    async def _call(self, batch: list[Job], token: object, release_at: float | None) -> None:
         self.in_flight += 1
         self._metrics.in_flight.inc()
         start = trio.current_time()
         try:
             results = await trio.to_thread.run_sync(
-                self._send_blocking, batch, limiter=self._threads
+                self._send_blocking, batch, release_at, limiter=self._threads
             )
         finally:
             self._slots.release_on_behalf_of(token)
@@ -198,7 +205,7 @@ class SenderPool:
         self._metrics.call_seconds.observe(trio.current_time() - start)
         await self._settle(batch, results)
 
-    def _send_blocking(self, batch: Sequence[Job]) -> list[SendResult]:
+    def _send_blocking(self, batch: Sequence[Job], release_at: float | None) -> list[SendResult]:
         emails: list[Email] = []
         early: dict[int, SendResult] = {}
         for i, job in enumerate(batch):
@@ -211,7 +218,7 @@ class SenderPool:
                     else PermanentSendError("ComposeError", str(exc))
                 )
                 early[i] = SendResult(error=error)
-        sent = iter(self._transport.send(emails) if emails else [])
+        sent = iter(self._transport.send(emails, release_at) if emails else [])
         return [early[i] if i in early else next(sent) for i in range(len(batch))]
 
     async def _settle(self, batch: list[Job], results: list[SendResult]) -> None:

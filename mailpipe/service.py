@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -21,7 +22,10 @@ from hypercorn.trio import serve
 from mailpipe.addresses import AddressValidator
 from mailpipe.compose import Composer
 from mailpipe.config import Config
+from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
+from mailpipe.http.drain import RequestTracker
+from mailpipe.http.feedback import make_verifier
 from mailpipe.jobs import Job
 from mailpipe.limiter import RateLimiter
 from mailpipe.metrics import Metrics, Reporter
@@ -59,6 +63,9 @@ class Service:
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
     url: str = ""
+    sns_verifier: SnsVerifier = field(init=False)
+    sns_get: Callable[[str], bytes] = field(default=http_fetch)
+    """GETs SNS certificates and SubscribeURLs (blocking; run in a thread); tests replace it."""
 
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -134,7 +141,7 @@ def _assemble(
         gate=gate,
     )
     recorder = Recorder(store, outcomes_recv, handed=handed)
-    return Service(
+    svc = Service(
         config,
         store,
         api_key,
@@ -148,6 +155,8 @@ def _assemble(
         jobs_recv,
         handed,
     )
+    svc.sns_verifier = make_verifier(config, lambda url: svc.sns_get(url))
+    return svc
 
 
 async def _supervise(
@@ -205,9 +214,20 @@ async def _serve_http(
     hc.graceful_timeout = svc.config.graceful_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    await serve(
-        create_app(svc), hc, shutdown_trigger=svc.shutdown_requested.wait, task_status=task_status
-    )
+    app = RequestTracker(create_app(svc))
+
+    async def drain_then_close(nursery: trio.Nursery) -> None:
+        await svc.shutdown_requested.wait()  # hypercorn stops accepting on the same trigger
+        with trio.move_on_after(svc.config.graceful_timeout):
+            await app.wait_idle()
+        nursery.cancel_scope.cancel()  # only idle keep-alive connections are left
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain_then_close, nursery)
+        binds = await nursery.start(
+            partial(serve, cast(Any, app), hc, shutdown_trigger=svc.shutdown_requested.wait)
+        )
+        task_status.started(binds)
 
 
 async def _watch_signals(

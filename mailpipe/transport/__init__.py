@@ -1,13 +1,17 @@
 """Transports hand finished emails to a provider. One small interface:
 
-``send(emails)`` takes up to ``max_batch`` emails and returns, in order, one
-:class:`SendResult` per email. It blocks (it is called in a worker thread) and
+``send(emails, release_at)`` takes up to ``max_batch`` emails and returns, in
+order, one :class:`SendResult` per email. ``release_at`` (a ``time.perf_counter``
+value) is the rate limiter's permit: the transport prepares the call, then
+holds it until that moment, so the request leaves on schedule however long
+building it took. It blocks (it is called in a worker thread) and
 never raises for a per-email failure: it returns a result holding a classified
 :class:`~mailpipe.errors.SendError`. Exceptions escape only for bugs.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,13 +49,21 @@ class Transport(Protocol):
     name: str
     max_batch: int
 
-    def send(self, emails: Sequence[Email]) -> list[SendResult]:
+    def send(self, emails: Sequence[Email], release_at: float | None = None) -> list[SendResult]:
         """Deliver ``emails`` (1 to ``max_batch``, same content); one result each, in order."""
         ...
 
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def hold_until(release_at: float | None) -> None:
+    """Block the calling (worker) thread until ``release_at`` on ``time.perf_counter``."""
+    if release_at is not None:
+        delay = release_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
 
 
 def request_headers(request_id: int) -> tuple[tuple[str, str], ...]:

@@ -7,13 +7,14 @@ any SES-compatible endpoint works without code here.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config as BotoConfig
 
-from mailpipe.transport import Email, SendResult
+from mailpipe.transport import Email, SendResult, hold_until
 from mailpipe.transport.classify import classify
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 def make_client(region: str, max_concurrent: int) -> SESV2Client:
     """One sesv2 client for all threads, with a pool as large as the concurrency.
 
-    botocore's own retries are off (one attempt): a retry inside botocore would
+    botocore's own retries are off (``total_max_attempts=1``; its ``max_attempts``
+    counts retries, not attempts): a retry inside botocore would
     hide throttling from the limiter, hold a concurrency slot while it sleeps,
     and re-send after a timeout without the sender counting it. The sender pool
     classifies each failure and retries itself.
@@ -33,7 +35,7 @@ def make_client(region: str, max_concurrent: int) -> SESV2Client:
     config = BotoConfig(
         region_name=region,
         max_pool_connections=max(10, max_concurrent),
-        retries={"mode": "standard", "max_attempts": 1},
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=5,
         read_timeout=20,
         tcp_keepalive=True,
@@ -51,10 +53,22 @@ class SesTransport:
     def __init__(self, client: SESV2Client, *, config_set: str | None = None) -> None:
         self.client = client
         self.config_set = config_set
+        self._local = threading.local()
+        # Runs in the calling thread after the request is built and signed,
+        # right before it goes on the wire: the permit is honoured there.
+        client.meta.events.register("before-send.sesv2", self._hold)
 
-    def send(self, emails: Sequence[Email]) -> list[SendResult]:
-        """Send each email with its own ``SendEmail`` call."""
-        return [self._send_one(email) for email in emails]
+    def _hold(self, **_: Any) -> None:
+        hold_until(getattr(self._local, "release_at", None))
+        self._local.release_at = None  # later calls of the same send go at once
+
+    def send(self, emails: Sequence[Email], release_at: float | None = None) -> list[SendResult]:
+        """Send each email with its own ``SendEmail`` call, the first at ``release_at``."""
+        self._local.release_at = release_at
+        try:
+            return [self._send_one(email) for email in emails]
+        finally:
+            self._local.release_at = None
 
     def _send_one(self, email: Email) -> SendResult:
         body: dict[str, Any] = {"Html": {"Data": email.html, "Charset": "UTF-8"}}

@@ -1,0 +1,255 @@
+"""Per-recipient rendering of a message's subject, HTML and text.
+
+Templates are Jinja2 in a sandbox with ``StrictUndefined``: a variable missing
+from a recipient's data is an error, never an empty string. The HTML body is
+autoescaped; subject and text are not. ``unsubscribe_url`` is always defined.
+
+Each source text is compiled once (bounded cache); a field without any
+template syntax is kept as a plain string and costs nothing to render.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import StrictUndefined, meta, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
+
+from mailpipe.content.html import html_to_text
+from mailpipe.errors import MailpipeError
+
+__all__ = ["CompiledMessage", "Rendered", "TemplateError", "check_recipients", "compile_message"]
+
+UNSUBSCRIBE_VAR = "unsubscribe_url"
+MAX_RENDERED_CHARS = 4_000_000  # per field; far beyond any real email
+_MAX_EXPONENT = 1_000
+_CACHE_SIZE = 256
+_SYNTAX = ("{{", "{%", "{#")
+_LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_PROBE_URL = "https://unsubscribe.invalid/v1/unsubscribe?requestId=0&t=x"
+
+
+class TemplateError(MailpipeError):
+    """A template cannot be compiled or rendered.
+
+    ``field`` is ``"subject"``, ``"content"`` (the HTML) or ``"text"``;
+    ``recipient`` is set when the failure is specific to one recipient's data.
+    """
+
+    def __init__(self, field: str, detail: str, *, recipient: str | None = None) -> None:
+        where = f"recipient {recipient}: {field}" if recipient is not None else field
+        super().__init__(f"{where}: {detail}")
+        self.field = field
+        self.detail = detail
+        self.recipient = recipient
+
+    def for_recipient(self, recipient: str) -> TemplateError:
+        """Return the same error, attributed to ``recipient``."""
+        return TemplateError(self.field, self.detail, recipient=recipient)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One recipient's subject, HTML body and plain-text body."""
+
+    subject: str
+    html: str
+    text: str
+
+
+class _Environment(SandboxedEnvironment):
+    """Sandbox that also refuses to build huge strings or numbers with ``*`` and ``**``."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
+                raise SecurityError("exponent too large")
+        elif isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple):
+            seq, count = (left, right) if isinstance(left, str | list | tuple) else (right, left)
+            if isinstance(count, int) and len(seq) * count > MAX_RENDERED_CHARS:
+                raise SecurityError("repetition too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _environment(*, autoescape: bool) -> _Environment:
+    return _Environment(
+        autoescape=autoescape, undefined=StrictUndefined, keep_trailing_newline=True
+    )
+
+
+_HTML_ENV = _environment(autoescape=True)
+_PLAIN_ENV = _environment(autoescape=False)
+_ENVS = {True: _HTML_ENV, False: _PLAIN_ENV}
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One compiled field; ``template`` is None when the source is plain text."""
+
+    name: str
+    source: str
+    template: jinja2.Template | None
+    variables: frozenset[str]  # data names it reads, beyond globals and unsubscribe_url
+    flat: bool  # only text and bare ``{{ name }}`` outputs: cannot fail once names exist
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        if self.template is None:
+            return self.source
+        try:
+            chunks: list[str] = []
+            size = 0
+            for chunk in self.template.generate(context):
+                size += len(chunk)
+                if size > MAX_RENDERED_CHARS:
+                    raise TemplateError(self.name, "rendered text is too large")
+                chunks.append(chunk)
+        except TemplateError:
+            raise
+        except Exception as exc:  # any failure of user template code is the template's
+            raise TemplateError(self.name, _describe(exc)) from exc
+        return "".join(chunks)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile_field(name: str, source: str, autoescape: bool) -> _Field:
+    if not any(mark in source for mark in _SYNTAX):
+        return _Field(name, source, None, frozenset(), True)
+    env = _ENVS[autoescape]
+    try:
+        ast = env.parse(source)
+        names = meta.find_undeclared_variables(ast)
+        template = env.from_string(ast)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(name, f"line {exc.lineno}: {exc.message}") from exc
+    except jinja2.TemplateError as exc:
+        raise TemplateError(name, _describe(exc)) from exc
+    variables = frozenset(names - env.globals.keys() - {UNSUBSCRIBE_VAR})
+    return _Field(name, source, template, variables, _is_flat(ast))
+
+
+def _is_flat(ast: nodes.Template) -> bool:
+    """True if the template is only literal text and ``{{ name }}`` outputs."""
+    return all(
+        isinstance(node, nodes.Output)
+        and all(isinstance(part, nodes.TemplateData | nodes.Name) for part in node.nodes)
+        for node in ast.body
+    )
+
+
+def _describe(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(message)
+
+
+class CompiledMessage:
+    """A message's templates, compiled once and rendered per recipient."""
+
+    __slots__ = ("_fields", "_html", "_static", "_static_text", "_subject", "_text")
+
+    def __init__(self, subject: _Field, html: _Field, text: _Field | None) -> None:
+        self._subject = subject
+        self._html = html
+        self._text = text
+        self._fields = (subject, html) if text is None else (subject, html, text)
+        self._static: Rendered | None = None
+        self._static_text: str | None = None  # text derived once from a static HTML body
+        if text is None and html.template is None:
+            self._static_text = html_to_text(html.source)
+        if all(f.template is None for f in self._fields):
+            derived = text.source if text is not None else self._static_text
+            assert derived is not None
+            self._static = Rendered(subject.source, html.source, derived)
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """Names the templates read from recipient data (``unsubscribe_url`` excluded)."""
+        return frozenset().union(*(f.variables for f in self._fields))
+
+    @property
+    def personalised(self) -> bool:
+        """False when every recipient gets exactly the same subject and bodies."""
+        return self._static is None
+
+    def render(self, data: Mapping[str, Any], *, unsubscribe_url: str) -> Rendered:
+        """Render for one recipient; raises :class:`TemplateError` on any failure.
+
+        Without a text template the text part is derived from the rendered HTML.
+        A subject that renders to several lines is refused.
+        """
+        if self._static is not None:
+            return self._static
+        context = {**data, UNSUBSCRIBE_VAR: unsubscribe_url}
+        subject = self._subject.render(context)
+        if _LINE_BREAK.search(subject):
+            raise TemplateError("subject", "contains a line break")
+        html = self._html.render(context)
+        if self._text is not None:
+            text = self._text.render(context)
+        else:
+            text = self._static_text if self._static_text is not None else html_to_text(html)
+        return Rendered(subject, html, text)
+
+
+def compile_message(subject: str, html: str, text: str | None) -> CompiledMessage:
+    """Compile a message's templates; raises :class:`TemplateError` on a syntax error.
+
+    Recompiling the same source text is served from a cache.
+    """
+    subject_field = _compile_field("subject", subject, False)
+    if subject_field.template is None and _LINE_BREAK.search(subject):
+        raise TemplateError("subject", "contains a line break")
+    return CompiledMessage(
+        subject_field,
+        _compile_field("content", html, True),
+        None if text is None else _compile_field("text", text, False),
+    )
+
+
+def check_recipients(
+    compiled: CompiledMessage, recipients: Sequence[tuple[str, Mapping[str, Any]]]
+) -> None:
+    """Check that the message renders for every ``(address, data)`` recipient.
+
+    Raises :class:`TemplateError` naming the first failing recipient and the
+    cause (e.g. the missing variable). Data is rendered only where looking at
+    its keys cannot settle the question.
+    """
+    if not recipients:
+        return
+    fields = compiled._fields
+    if not compiled.variables:
+        # Identical for everyone apart from the unsubscribe URL: one render decides.
+        address, data = recipients[0]
+        _render_as(compiled, address, data)
+        return
+    if not all(f.flat for f in fields):
+        for address, data in recipients:
+            _render_as(compiled, address, data)
+        return
+    subject_vars = compiled._subject.variables
+    needed = compiled.variables
+    for address, data in recipients:
+        missing = needed - data.keys()
+        if missing:
+            field = next(f for f in fields if f.variables & missing)
+            name = min(field.variables & missing)
+            raise TemplateError(field.name, f"'{name}' is undefined", recipient=address)
+        for name in subject_vars:
+            if _LINE_BREAK.search(str(data[name])):
+                raise TemplateError("subject", "contains a line break", recipient=address)
+
+
+def _render_as(compiled: CompiledMessage, address: str, data: Mapping[str, Any]) -> None:
+    try:
+        compiled.render(data, unsubscribe_url=_PROBE_URL)
+    except TemplateError as exc:
+        raise exc.for_recipient(address) from exc

@@ -1,0 +1,31 @@
+"""SES feedback delivered over SNS: verify the SNS envelope, then read the SES record."""
+
+from mailpipe.feedback.ses_events import FeedbackError, SesEvent, parse_ses_event
+from mailpipe.feedback.sns import (
+    CertStore,
+    CertUnavailable,
+    SnsMessage,
+    SnsRejected,
+    SnsVerifier,
+    check_cert_url,
+    check_sns_url,
+    http_fetch,
+    parse_sns,
+    string_to_sign,
+)
+
+__all__ = [
+    "CertStore",
+    "CertUnavailable",
+    "FeedbackError",
+    "SesEvent",
+    "SnsMessage",
+    "SnsRejected",
+    "SnsVerifier",
+    "check_cert_url",
+    "check_sns_url",
+    "http_fetch",
+    "parse_ses_event",
+    "parse_sns",
+    "string_to_sign",
+]

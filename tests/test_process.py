@@ -1,0 +1,84 @@
+"""The real ``python -m mailpipe`` process: exact rate, SIGTERM in the middle of a send."""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+from fake_ses import FakeSES
+from procs import ServiceProcess, wait_until
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    return max(bisect.bisect_left(times, t + window) - i for i, t in enumerate(times))
+
+
+def statuses(db: Path) -> dict[int, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT status, COUNT(*) FROM email_requests GROUP BY status"))
+    finally:
+        conn.close()
+
+
+def test_rate_50_sends_500_exactly_once_at_the_rate(tmp_path: Path) -> None:
+    with FakeSES() as ses:
+        svc = ServiceProcess(tmp_path, {"EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 50,
+                                        "AWS_ENDPOINT_URL_SESV2": ses.url})
+        try:
+            emails = [f"r{i}@example.com" for i in range(500)]
+            posted = time.monotonic()
+            assert svc.post("rate", emails).status_code == 200
+            wait_until(lambda: len(ses.received) >= 500, timeout=30)
+            wait_until(lambda: svc.stats("rate")["sent"] == 500, timeout=10)
+        finally:
+            assert svc.stop() == 0
+    received = ses.received
+    arrivals = sorted(m.arrival_monotonic for m in received)
+    assert sorted(m.to[0] for m in received) == sorted(emails)  # exactly once each
+    assert all(dict(m.headers)["X-Request-ID"].isdigit() for m in received)
+    assert arrivals[0] - posted < 1.0
+    assert max_in_window(arrivals) <= 50
+    assert 9.0 <= arrivals[-1] - arrivals[0] <= 11.0
+    # A metrics line every 5 s while sending.
+    metric_lines = [t for t, line in svc.lines if re.search(r"sent=\d+ failed=\d+", line)]
+    assert len(metric_lines) >= 2
+    assert all(4.5 < b - a < 5.5 for a, b in zip(metric_lines, metric_lines[1:], strict=False))
+
+
+def test_sigterm_mid_send_loses_nothing_and_sends_nothing_twice(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "app.db"
+    emails = [f"s{i}@example.com" for i in range(3000)]
+    env = {"EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 200, "GRACEFUL_TIMEOUT": 10}
+    with FakeSES(latency=0.15) as ses:
+        env["AWS_ENDPOINT_URL_SESV2"] = ses.url
+        svc = ServiceProcess(tmp_path, env)
+        assert svc.post("term", emails).status_code == 200
+        wait_until(lambda: len(ses.received) >= 300, timeout=30)
+        stopped_at = time.monotonic()
+        svc.signal()
+        assert svc.wait(timeout=15) == 0
+        assert time.monotonic() - stopped_at < 10
+        assert "Traceback" not in svc.log()
+        counts = statuses(db)
+        assert counts.get(1, 0) == 0
+        first_round = ses.received
+        assert counts.get(2, 0) == len(first_round)
+        assert 300 <= len(first_round) < 3000
+        per_address = collections.Counter(m.to[0] for m in first_round)
+        assert max(per_address.values()) == 1
+
+        again = ServiceProcess(tmp_path, env)
+        try:
+            wait_until(lambda: again.stats("term")["sent"] == 3000, timeout=60)
+        finally:
+            assert again.stop() == 0
+    per_address = collections.Counter(m.to[0] for m in ses.received)
+    assert sorted(per_address) == sorted(emails)
+    assert set(per_address.values()) == {1}
+    assert statuses(db) == {2: 3000}
