@@ -8,7 +8,8 @@ import sys
 import trio
 
 from mailpipe.config import Config, load_config
-from mailpipe.errors import ConfigError, StoreError
+from mailpipe.errors import ConfigError, MailpipeError, StoreError
+from mailpipe.memory import limit_arenas
 
 
 def setup_logging(level: str) -> None:
@@ -38,6 +39,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"mailpipe: configuration error: {exc}", file=sys.stderr)
         return 2
+    limit_arenas()
     setup_logging(config.log_level)
     init_sentry(config)
     # Threads waiting for the GIL (a call whose permit just came due) wait up
@@ -47,12 +49,22 @@ def main() -> int:
 
     try:
         trio.run(run_service, config)
-    except (ConfigError, StoreError) as exc:
-        logging.getLogger("mailpipe").error("%s", exc)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise
+        logging.getLogger("mailpipe").critical("%s", known)
+        return 2 if isinstance(known, ConfigError) else 1
     return 0
+
+
+def _known_error(exc: BaseException) -> MailpipeError | None:
+    """The one expected error behind ``exc`` (possibly inside exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, ConfigError | StoreError) else None
 
 
 if __name__ == "__main__":

@@ -4,17 +4,36 @@
 and a bulk list has few distinct domains, so a plain ASCII dot-atom local part
 is checked here and each domain goes through ``email-validator`` once (cached);
 anything else takes the full ``email-validator`` path.
+
+:meth:`AddressValidator.normalize_all` does the same for a whole list at C
+speed (one join, a byte-class check, a few substring searches), which is what
+makes a 100,000-recipient POST cheap; any list it is unsure of goes one by one.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATOM = rf"[{_ATEXT}]+"
 _LOCAL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
 _DOMAIN_CACHE = 10_000
+_MAX_LOCAL = 64
+_MAX_ADDRESS = 254
+
+_PLAIN = (
+    bytes(range(ord("A"), ord("Z") + 1))
+    + bytes(range(ord("a"), ord("z") + 1))
+    + b"0123456789!#$%&'*+/=?^_`{|}~-.@\n"
+)
+"""Every byte a list of plain addresses joined by newlines may hold."""
+_TWO_ATS = re.compile(rb"@[^\n@]*@")
+_NOT_DOT_ATOM = (b"\n@", b"@\n", b"\n.", b".@", b"..")
+"""Substrings that mean an empty part or a misplaced dot in some address."""
 
 
 class InvalidAddress(ValueError):
@@ -45,6 +64,57 @@ class AddressValidator:
             if len(result) <= 254:
                 return result
         return _full(address)
+
+    def normalize_all(self, addresses: Sequence[Any]) -> list[str] | None:
+        """Every address normalised (as :meth:`normalize` would), or None.
+
+        None means "not decided here": an element is not a string, not a plain
+        ASCII ``dot-atom@domain``, or not valid. Call :meth:`normalize` on each
+        element then; it accepts or names the bad one.
+        """
+        try:
+            text = "\n".join(addresses)
+        except TypeError:
+            return None
+        if not addresses or not text.isascii() or not self._plain(text, len(addresses)):
+            return None
+        # Exactly one "@" per line: local0, domain0, local1, domain1, ...
+        parts = text.replace("\n", "@").split("@")
+        if max(map(len, parts[::2])) > _MAX_LOCAL or max(map(len, addresses)) > _MAX_ADDRESS:
+            return None
+        changed: dict[str, str] = {}
+        for domain in set(parts[1::2]):
+            known = self._domains.get(domain)
+            if known is None:
+                known = self._domain(domain)
+            if isinstance(known, InvalidAddress):
+                return None
+            if known != domain:
+                changed[domain] = known
+        if not changed:
+            return list(addresses)
+        if any(new in changed for new in changed.values()):
+            pairs = zip(parts[::2], parts[1::2], strict=True)
+            return [f"{local}@{changed.get(domain, domain)}" for local, domain in pairs]
+        # A domain runs from its line's only "@" to the line's end: replace exactly.
+        text += "\n"
+        for old, new in changed.items():
+            text = text.replace(f"@{old}\n", f"@{new}\n")
+        return text.split("\n")[:-1]
+
+    @staticmethod
+    def _plain(text: str, count: int) -> bool:
+        """Whether each of the ``count`` lines of ``text`` is ``dot-atom@something``."""
+        raw = text.encode("ascii")
+        return not (
+            raw.translate(None, _PLAIN)
+            or raw.count(b"@") != count
+            or raw.count(b"\n") != count - 1
+            or raw.startswith((b"@", b"."))
+            or raw.endswith(b"@")
+            or any(bad in raw for bad in _NOT_DOT_ATOM)
+            or _TWO_ATS.search(raw)
+        )
 
     def _domain(self, domain: str) -> str | InvalidAddress:
         if len(self._domains) >= _DOMAIN_CACHE:

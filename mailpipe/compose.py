@@ -1,26 +1,110 @@
-"""Turns a claimed job into the finished email a transport sends."""
+"""Turns a claimed job into the finished email a transport sends.
+
+Runs in the sender pool's worker threads. Per recipient it renders the
+content's templates with the recipient's data, adds the signed open pixel and
+click links (as the content asks) and the RFC 8058 one-click unsubscribe
+headers. Each content is prepared once (templates compiled; a body that is
+the same for everyone scanned once) and kept in a small cache.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
+from functools import partial
+from typing import Any
+
+from mailpipe.content.prepared import PreparedContent
+from mailpipe.content.templates import TemplateError
+from mailpipe.content.tokens import Tokens
+from mailpipe.errors import PermanentSendError
 from mailpipe.jobs import Job
+from mailpipe.store import Content
 from mailpipe.transport import Email, request_headers, request_tags
+
+PREPARED_CACHE = 256
+ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
 
 
 class Composer:
-    """Builds each recipient's :class:`Email` from its job."""
+    """Builds each recipient's :class:`Email` from its job.
 
-    def __init__(self, sender: str) -> None:
+    With ``tokens``, every email carries signed links based at ``base_url``
+    (``SERVER_HOST``): ``List-Unsubscribe`` headers, ``{{ unsubscribe_url }}``,
+    and the open pixel and click links where the content tracks them. Without,
+    templates are rendered but nothing is tracked (``unsubscribe_url`` is empty).
+    """
+
+    def __init__(self, sender: str, tokens: Tokens | None = None, base_url: str = "") -> None:
         self.sender = sender
+        self.tokens = tokens
+        self.base_url = base_url
+        self._prepared: OrderedDict[int, PreparedContent] = OrderedDict()
+        self._lock = threading.Lock()
 
     def compose(self, job: Job) -> Email:
-        """The email for ``job``: its content, addressed, with correlation headers and tags."""
+        """The email for ``job``; raises :class:`PermanentSendError` when it cannot be
+        rendered (code ``TemplateError``)."""
+        rid, to = job.request_id, job.to
+        headers = request_headers(rid)
+        open_url = click_url = None
+        unsubscribe_url = ""
+        if self.tokens is not None:
+            unsubscribe_url = self.tokens.unsubscribe_url(self.base_url, rid, to)
+            open_url = self.tokens.open_url(self.base_url, rid)
+            click_url = partial(self.tokens.click_url, self.base_url, rid)
+            headers = (*headers, ("List-Unsubscribe", f"<{unsubscribe_url}>"), ONE_CLICK)
+        try:
+            rendered = self._prepare(job.content).finish(
+                _data(job.data),
+                unsubscribe_url=unsubscribe_url,
+                open_url=open_url,
+                click_url=click_url,
+            )
+        except TemplateError as exc:
+            raise PermanentSendError("TemplateError", str(exc.for_recipient(to))) from exc
         return Email(
-            request_id=job.request_id,
+            request_id=rid,
             sender=self.sender,
-            to=job.to,
-            subject=job.content.subject,
-            html=job.content.html,
-            headers=request_headers(job.request_id),
-            tags=request_tags(job.request_id),
+            to=to,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            headers=headers,
+            tags=request_tags(rid),
             content_id=job.content.id,
         )
+
+    def _prepare(self, content: Content) -> PreparedContent:
+        with self._lock:
+            found = self._prepared.get(content.id)
+            if found is not None:
+                self._prepared.move_to_end(content.id)
+                return found
+        tracking = self.tokens is not None
+        prepared = PreparedContent(  # outside the lock: other threads keep composing
+            content.subject,
+            content.html,
+            content.text,
+            track_opens=tracking and content.track_opens,
+            track_clicks=tracking and content.track_clicks,
+        )
+        with self._lock:
+            self._prepared[content.id] = prepared
+            while len(self._prepared) > PREPARED_CACHE:
+                self._prepared.popitem(last=False)
+        return prepared
+
+
+def _data(text: str | None) -> dict[str, Any]:
+    """A recipient's template data from its stored JSON text."""
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise TemplateError("data", f"stored data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise TemplateError("data", "stored data is not a JSON object")
+    return data

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailpipe.store import Content
 
@@ -16,7 +16,9 @@ class Job:
     to: str
     content: Content
     attempt: int = 0
+    data: str | None = None
+    """The recipient's template data (JSON text), None when it has none."""
 
     def retried(self) -> Job:
         """The same job, one attempt later."""
-        return Job(self.request_id, self.topic_id, self.to, self.content, self.attempt + 1)
+        return replace(self, attempt=self.attempt + 1)

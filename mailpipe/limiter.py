@@ -36,7 +36,7 @@ class RateLimiter:
         rate: float,
         *,
         min_rate: float | None = None,
-        decrease: float = 0.5,
+        decrease: float = 0.75,
         recovery_per_s: float | None = None,
         clock: Callable[[], float] = trio.current_time,
         margin: float = MARGIN,

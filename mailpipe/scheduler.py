@@ -26,14 +26,19 @@ CONTENT_CACHE = 1024
 
 
 class Scheduler:
-    """Owner of the send side of the job channel."""
+    """Owner of the send side of the job channel.
+
+    Jobs travel in chunks of up to ``chunk`` consecutive requests sharing one
+    content, so the sender pool can hand each chunk to one bulk call.
+    """
 
     def __init__(
         self,
         store: Store,
-        jobs: trio.MemorySendChannel[Job],
+        jobs: trio.MemorySendChannel[list[Job]],
         *,
         batch: int = 500,
+        chunk: int = 50,
         poll: float = 1.0,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -46,6 +51,9 @@ class Scheduler:
         self._contents: OrderedDict[int, Content] = OrderedDict()
         self._scope = trio.CancelScope()
         self.claimed = 0
+        self.chunk = chunk
+        self.queued = 0
+        """Jobs sent into the channel and not yet taken by the sender pool."""
         self.paused: Callable[[], bool] = lambda: False
 
     def nudge(self) -> None:
@@ -74,9 +82,23 @@ class Scheduler:
             return 0
         self.claimed += len(rows)
         contents = await self._load({row.content_id for row in rows})
+        chunk: list[Job] = []
         for row in rows:
-            await self._jobs.send(Job(row.id, row.topic_id, row.to, contents[row.content_id]))
+            content = contents[row.content_id]
+            if chunk and (len(chunk) >= self.chunk or chunk[0].content.id != content.id):
+                await self._feed(chunk)
+                chunk = []
+            chunk.append(Job(row.id, row.topic_id, row.to, content, data=row.data))
+        await self._feed(chunk)
         return len(rows)
+
+    async def _feed(self, chunk: list[Job]) -> None:
+        self.queued += len(chunk)
+        try:
+            await self._jobs.send(chunk)
+        except BaseException:
+            self.queued -= len(chunk)
+            raise
 
     async def _idle_delay(self) -> float:
         if self.paused():

@@ -76,7 +76,7 @@ class SenderPool:
         transport: Transport,
         limiter: RateLimiter,
         composer: Composer,
-        jobs: trio.MemoryReceiveChannel[Job],
+        jobs: trio.MemoryReceiveChannel[list[Job]],
         outcomes: trio.MemorySendChannel[Outcome],
         metrics: Metrics,
         *,
@@ -100,7 +100,6 @@ class SenderPool:
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._lead = lead
-        self._lookahead: Job | None = None
         self._dispatch_scope = trio.CancelScope()
         self._stopping = False
         self._waiting: trio.Nursery | None = None
@@ -110,6 +109,7 @@ class SenderPool:
         self.stops = TopicStops()
         self.gate = gate or PauseGate()
         self.in_flight = 0
+        self.on_receive: Callable[[int], None] = lambda n: None
         self.waiting_retries = 0
 
     def stop(self) -> None:
@@ -133,35 +133,16 @@ class SenderPool:
             workers.cancel_scope.deadline = trio.current_time() + self._graceful
 
     async def _dispatch(self) -> None:
-        while True:
-            first = self._lookahead
-            self._lookahead = None
-            if first is None:
-                try:
-                    first = await self._jobs.receive()
-                except trio.EndOfChannel:
-                    return
-            await self._submit(self._gather(first))
-
-    def _gather(self, first: Job) -> list[Job]:
-        batch = [first]
-        while len(batch) < self.max_batch:
-            try:
-                job = self._jobs.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if job.content.id != first.content.id:
-                self._lookahead = job
-                break
-            batch.append(job)
-        return batch
+        async for chunk in self._jobs:
+            self.on_receive(len(chunk))
+            for i in range(0, len(chunk), self.max_batch):
+                await self._submit(chunk[i : i + self.max_batch])
 
     async def _submit(self, batch: list[Job]) -> None:
         """Wait for a slot and permits, then start the call (or drop stopped jobs)."""
         batch = await self._live(batch)
-        if not batch:
+        if not batch or await self._held(batch):
             return
-        await self.gate.wait_open()
         token = object()
         await self._slots.acquire_on_behalf_of(token)
         try:
@@ -170,6 +151,8 @@ class SenderPool:
             # holds it until the permit (see Transport.send's release_at).
             await trio.sleep_until(start - self._lead)
             batch = await self._live(batch)
+            if batch and await self._held(batch):
+                batch = []
         except BaseException:
             self._slots.release_on_behalf_of(token)
             raise
@@ -181,6 +164,15 @@ class SenderPool:
         release_at = time.perf_counter() + (start - trio.current_time()) if self._lead else None
         assert self._workers is not None
         self._workers.start_soon(self._call, batch, token, release_at)
+
+    async def _held(self, batch: list[Job]) -> bool:
+        """While the account cannot send, give the rows back (they stay pending,
+        nothing fails); the scheduler claims them again after the resume."""
+        if not self.gate.paused:
+            return False
+        await self._emit([Outcome(j.request_id, Status.CREATED, attempts=j.attempt)
+                          for j in batch])
+        return True
 
     async def _live(self, batch: list[Job]) -> list[Job]:
         live = [job for job in batch if not self.stops.stopped(job.topic_id, job.request_id)]
@@ -290,6 +282,3 @@ class SenderPool:
                 await self._outcomes.send(outcome)
 
 
-def queue_depth(jobs: trio.MemoryReceiveChannel[Job]) -> Callable[[], int]:
-    """A reader of how many claimed jobs wait in the channel."""
-    return lambda: jobs.statistics().current_buffer_used

@@ -22,6 +22,7 @@ from hypercorn.trio import serve
 from mailpipe.addresses import AddressValidator
 from mailpipe.compose import Composer
 from mailpipe.config import Config
+from mailpipe.content.tokens import Tokens, load_or_create_secret
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
@@ -30,10 +31,11 @@ from mailpipe.jobs import Job
 from mailpipe.limiter import RateLimiter
 from mailpipe.metrics import Metrics, Reporter
 from mailpipe.pause import PauseGate
+from mailpipe.probe import run_pause_probe
 from mailpipe.recorder import Recorder
 from mailpipe.scheduler import Scheduler
 from mailpipe.secrets_file import load_or_create_secret_file
-from mailpipe.sender import RetryPolicy, SenderPool
+from mailpipe.sender import RetryPolicy, SenderPool, batch_size
 from mailpipe.store import Outcome, Store, open_store
 from mailpipe.timeutil import utcnow
 from mailpipe.transport import Transport
@@ -56,7 +58,7 @@ class Service:
     scheduler: Scheduler
     pool: SenderPool
     recorder: Recorder
-    jobs: trio.MemoryReceiveChannel[Job]
+    jobs: trio.MemoryReceiveChannel[list[Job]]
     handed: dict[int, str]
     addresses: AddressValidator = field(default_factory=AddressValidator)
     cpu_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
@@ -64,6 +66,8 @@ class Service:
     stopping: bool = False
     url: str = ""
     sns_verifier: SnsVerifier = field(init=False)
+    tokens: Tokens = field(init=False)
+    """Signs and checks the open, click and unsubscribe links."""
     sns_get: Callable[[str], bytes] = field(default=http_fetch)
     """GETs SNS certificates and SubscribeURLs (blocking; run in a thread); tests replace it."""
 
@@ -73,7 +77,7 @@ class Service:
 
     def refresh_gauges(self) -> None:
         """Bring the sampled gauges up to date (before a scrape)."""
-        self.metrics.queued.set(self.jobs.statistics().current_buffer_used)
+        self.metrics.queued.set(self.scheduler.queued)
         self.metrics.rate.set(self.limiter.rate)
         self.metrics.paused.set(1 if self.gate.paused else 0)
 
@@ -86,6 +90,17 @@ def resolve_api_key(config: Config) -> str:
     key = load_or_create_secret_file(path, 24)
     log.info("API_KEY is not set; using the generated key in %s", path.resolve())
     return key
+
+
+def resolve_tracking_secret(config: Config) -> bytes:
+    """The configured ``TRACKING_SECRET``, or one generated once into
+    ``<data dir>/tracking_secret``."""
+    if config.tracking_secret:
+        return config.tracking_secret.encode("utf-8")
+    path = config.data_dir / "tracking_secret"
+    secret = load_or_create_secret(path)
+    log.info("TRACKING_SECRET is not set; using the generated key in %s", path.resolve())
+    return secret
 
 
 def channel_capacity(rate: float) -> int:
@@ -123,14 +138,16 @@ def _assemble(
     gate = PauseGate()
     handed: dict[int, str] = {}
     capacity = channel_capacity(rate)
-    jobs_send, jobs_recv = trio.open_memory_channel[Job](capacity)
+    chunk = batch_size(transport.max_batch, rate)
+    jobs_send, jobs_recv = trio.open_memory_channel[list[Job]](max(2, capacity // chunk))
     outcomes_send, outcomes_recv = trio.open_memory_channel[Outcome](10_000)
-    scheduler = Scheduler(store, jobs_send, batch=min(capacity, 1000))
+    scheduler = Scheduler(store, jobs_send, batch=min(capacity, 1000), chunk=chunk)
     scheduler.paused = lambda: gate.paused
+    tokens = Tokens(resolve_tracking_secret(config))
     pool = SenderPool(
         transport,
         limiter,
-        Composer(config.email_sender or "mailpipe@localhost"),
+        Composer(config.email_sender or "mailpipe@localhost", tokens, config.server_host),
         jobs_recv,
         outcomes_send,
         metrics,
@@ -140,6 +157,7 @@ def _assemble(
         handed=handed,
         gate=gate,
     )
+    pool.on_receive = lambda n: setattr(scheduler, "queued", scheduler.queued - n)
     recorder = Recorder(store, outcomes_recv, handed=handed)
     svc = Service(
         config,
@@ -156,23 +174,28 @@ def _assemble(
         handed,
     )
     svc.sns_verifier = make_verifier(config, lambda url: svc.sns_get(url))
+    svc.tokens = tokens
     return svc
 
 
 async def _supervise(
     svc: Service, handle_signals: bool, task_status: trio.TaskStatus[Service]
 ) -> None:
-    aux = [trio.CancelScope(), trio.CancelScope()]  # signal watcher, reporter: ended last
+    aux = [trio.CancelScope() for _ in range(3)]  # signals, reporter, probe: ended last
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_in_scope, aux[0], partial(_watch_signals, svc.request_shutdown))
         await nursery.start(svc.recorder.run)
         await nursery.start(svc.pool.run)
         await nursery.start(svc.scheduler.run)
+        await nursery.start(_in_scope, aux[2], partial(
+            run_pause_probe, svc.gate, svc.transport, svc.config.pause_probe_s,
+            svc.scheduler.nudge,
+        ))
         await nursery.start(
             _in_scope,
             aux[1],
-            Reporter(svc.metrics, queued=lambda: svc.jobs.statistics().current_buffer_used).run,
+            Reporter(svc.metrics, queued=lambda: svc.scheduler.queued).run,
         )
         binds = await nursery.start(_serve_http, svc)
         svc.url = binds[0]

@@ -61,3 +61,11 @@ async def api_client(svc: Service, key: str | None = API_KEY) -> AsyncIterator[h
 def config(tmp_path: Path) -> Config:
     """A default test config (outbox transport)."""
     return make_config(tmp_path)
+
+
+def ses_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, **env: Any) -> Config:
+    """A config sending through the SES transport to ``endpoint`` (a FakeSES URL)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    return make_config(tmp_path, EMAIL_TRANSPORT="ses", **env)

@@ -51,7 +51,8 @@ async def test_no_window_exceeds_rate_and_mean_is_exact(
     start = trio.current_time()
     starts = await run_consumers(limiter, n_tasks=8, per_task=rate * 5)
     assert len(starts) == rate * 40
-    assert max_in_window(starts) == rate
+    assert max_in_window(starts) <= rate
+    assert max_in_window(starts, 1 + MARGIN) == rate
     # Evenly spaced: permit n at start + n * (1 + MARGIN) / rate, so no drift.
     for n, (t, _) in enumerate(starts):
         assert t == pytest.approx(start + n * (1 + MARGIN) / rate, abs=1e-6)
@@ -125,12 +126,12 @@ async def test_throttling_cuts_the_rate_and_recovery_climbs_back(
 ) -> None:
     limiter = RateLimiter(40)
     limiter.throttled()
-    assert limiter.rate == 20
+    assert limiter.rate == 30
     limiter.throttled()  # within the same second: one cut per window
-    assert limiter.rate == 20
+    assert limiter.rate == 30
     await trio.sleep(1)
     limiter.throttled()
-    assert limiter.rate == 10
+    assert limiter.rate == 22.5
     # While SES accepts, the rate climbs back step by step to the target.
     seen = [limiter.rate]
     while limiter.rate < 40:
@@ -143,7 +144,7 @@ async def test_throttling_cuts_the_rate_and_recovery_climbs_back(
 
 
 async def test_throttled_rate_spaces_permits_wider(autojump_clock: trio.testing.MockClock) -> None:
-    limiter = RateLimiter(40, recovery_per_s=0.0)
+    limiter = RateLimiter(40, recovery_per_s=0.0, decrease=0.5)
     await limiter.acquire()
     limiter.throttled()
     starts = await run_consumers(limiter, n_tasks=2, per_task=20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import collections
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -82,3 +83,29 @@ def test_sigterm_mid_send_loses_nothing_and_sends_nothing_twice(tmp_path: Path) 
     assert sorted(per_address) == sorted(emails)
     assert set(per_address.values()) == {1}
     assert statuses(db) == {2: 3000}
+
+
+def test_kill_9_mid_send_then_restart_delivers_everyone(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "app.db"
+    emails = [f"k{i}@example.com" for i in range(2000)]
+    env = {"EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 200, "MAX_CONCURRENT": 20}
+    with FakeSES(latency=0.05) as ses:
+        env["AWS_ENDPOINT_URL_SESV2"] = ses.url
+        svc = ServiceProcess(tmp_path, env)
+        assert svc.post("crash", emails).status_code == 200
+        wait_until(lambda: len(ses.received) >= 500, timeout=30)
+        svc.signal(signal.SIGKILL)
+        assert svc.wait(timeout=10) == -signal.SIGKILL
+        assert statuses(db).get(1, 0) > 0  # it really died mid-send
+
+        again = ServiceProcess(tmp_path, env)
+        try:
+            wait_until(lambda: again.stats("crash")["sent"] == 2000, timeout=60)
+        finally:
+            assert again.stop() == 0
+        assert any("re-queued" in line for _, line in again.lines)
+    per_address = collections.Counter(m.to[0] for m in ses.received)
+    assert sorted(per_address) == sorted(emails)  # nothing lost
+    duplicates = sum(n - 1 for n in per_address.values())
+    assert duplicates <= 2 * 20 + 50
+    assert statuses(db) == {2: 2000}

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import trio
-from quart import Blueprint, request
+from quart import Blueprint, Response, current_app, jsonify, request
 
 from mailpipe.http.app import ApiError, require_key, service
 from mailpipe.ingest import Limits, RequestInvalid, parse_send_request
+from mailpipe.memory import trim
+from mailpipe.store import CHECKPOINT_AFTER_ROWS
+from mailpipe.store.idempotency import IdempotencyKey, KeyReused
 from mailpipe.timeutil import utcnow
 
 bp = Blueprint("api", __name__)
+
+T = TypeVar("T")
+
+MAX_IDEMPOTENCY_KEY: Final = 255
 
 
 def go_duration(seconds: float) -> str:
@@ -28,12 +37,21 @@ def go_duration(seconds: float) -> str:
 
 @bp.post("/v1/messages")
 @require_key
-async def post_messages() -> dict[str, Any]:
-    """Store a send request durably; answers only after the commit."""
+async def post_messages() -> Response | dict[str, Any]:
+    """Store a send request durably; answers only after the commit.
+
+    With an ``Idempotency-Key`` header, a repeat of the same body within 24 h
+    answers the first response again and stores nothing; another body is a 409.
+    """
     started = time.perf_counter()
     svc = service()
     body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     assert isinstance(body, bytes)
+    key = await _idempotency_key(body, started)
+    if key is not None:
+        earlier = await _earlier(svc.store.idempotent_answer(key, utcnow()))
+        if earlier is not None:
+            return _replay(earlier)
     limits = Limits(max_recipients=svc.config.max_recipients_per_request)
     try:
         messages = await trio.to_thread.run_sync(
@@ -41,11 +59,47 @@ async def post_messages() -> dict[str, Any]:
         )
     except RequestInvalid as exc:
         raise ApiError(exc.status, str(exc)) from None
-    result = await svc.store.insert_messages(messages, utcnow())
+    result = await _earlier(svc.store.insert_messages(messages, utcnow(), key=key))
+    if result.replayed:  # an identical request won the race while this one was validated
+        assert result.answer is not None
+        return _replay(result.answer)
     svc.metrics.accepted.inc(result.count)
     if result.due_now:
         svc.scheduler.nudge()
-    return {"count": result.count, "elapsed": go_duration(time.perf_counter() - started)}
+    if result.count >= CHECKPOINT_AFTER_ROWS:
+        current_app.add_background_task(svc.store.checkpoint)
+        del messages, body  # let the parsed request go before the heap is trimmed
+        await trio.to_thread.run_sync(trim, limiter=svc.cpu_limiter)
+    return result.answer or _accepted(result.count, started)
+
+
+def _accepted(count: int, started: float) -> dict[str, Any]:
+    return {"count": count, "elapsed": go_duration(time.perf_counter() - started)}
+
+
+async def _idempotency_key(body: bytes, started: float) -> IdempotencyKey | None:
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in raw):
+        raise ApiError(
+            400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
+    digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(body).hexdigest())
+    return IdempotencyKey(raw, digest, partial(_accepted, started=started))
+
+
+async def _earlier(pending: Awaitable[T]) -> T:
+    try:
+        return await pending
+    except KeyReused as exc:
+        raise ApiError(409, str(exc)) from None
+
+
+def _replay(answer: dict[str, Any]) -> Response:
+    response = jsonify(answer)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @bp.get("/v1/topics/<topic_id>")

@@ -50,7 +50,7 @@ def require_key(handler: F) -> F:
 
 def create_app(svc: Service) -> QuartTrio:
     """The app serving ``svc``'s API."""
-    from mailpipe.http import api, probes
+    from mailpipe.http import api, docs, events, feedback, probes, suppressions
 
     app = QuartTrio("mailpipe")
     app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
@@ -59,6 +59,10 @@ def create_app(svc: Service) -> QuartTrio:
     app.extensions["mailpipe"] = svc
     app.register_blueprint(api.bp)
     app.register_blueprint(probes.bp)
+    app.register_blueprint(feedback.bp)
+    app.register_blueprint(suppressions.bp)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(docs.bp)
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:

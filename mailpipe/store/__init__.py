@@ -8,6 +8,7 @@ event loop never blocks on the disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -15,14 +16,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
 from mailpipe.errors import StoreError
 from mailpipe.status import STAT_NAMES, Status
+from mailpipe.store import feedback as _feedback
+from mailpipe.store import idempotency as _idempotency
+from mailpipe.store import tracking as _tracking
+from mailpipe.store.feedback import FeedbackOutcome, Suppression, transaction
+from mailpipe.store.idempotency import IdempotencyKey
 from mailpipe.store.schema import migrate
-from mailpipe.timeutil import from_db, to_db
+from mailpipe.timeutil import from_db, to_db, utcnow
+
+if TYPE_CHECKING:
+    from mailpipe.feedback.ses_events import SesEvent
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,11 @@ class NewMessage:
     content: str
     emails: Sequence[str]
     scheduled_at: datetime | None = None
+    text: str | None = None
+    track_opens: bool = True
+    track_clicks: bool = True
+    data: Sequence[str | None] | None = None
+    """Per-recipient template data as JSON text, aligned with ``emails``; None for none."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +62,20 @@ class Claimed:
     topic_id: str
     to: str
     content_id: int
+    data: str | None = None
+    """The recipient's template data (JSON text), None when it has none."""
 
 
 @dataclass(frozen=True)
 class Content:
-    """A stored subject and HTML body, shared by many requests."""
+    """A stored subject and HTML body (and text and tracking options), shared by many requests."""
 
     id: int
     subject: str
     html: str
+    text: str | None = None
+    track_opens: bool = True
+    track_clicks: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,13 +95,40 @@ class InsertResult:
 
     count: int
     due_now: bool
+    answer: dict[str, Any] | None = None
+    """With an idempotency key: the answer remembered (built now, or earlier)."""
+    replayed: bool = False
+    """The key was used before with the same body: nothing was stored."""
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+_ANY_DUE: Final = (
+    "SELECT 1 FROM email_requests WHERE status = 0 AND scheduled_at <= ?"
+    " AND deleted_at IS NULL LIMIT 1"
+)
+CHECKPOINT_AFTER_ROWS: Final = 10_000
+"""Inserts of this many requests commit without a WAL checkpoint; call
+:meth:`Store.checkpoint` afterwards, off the request's path."""
+
+_INSERT_REQUESTS: Final = (
+    'INSERT INTO email_requests (topic_id, "to", content_id, scheduled_at, status,'
+    " created_at, updated_at, data) SELECT ?1, {to}, ?2, ?3, 0, ?4, ?4, {data} FROM json_each(?5)"
+)
+_INSERT_ADDRESSES: Final = _INSERT_REQUESTS.format(to="value", data="NULL")
+_INSERT_WITH_DATA: Final = _INSERT_REQUESTS.format(to="value ->> 0", data="value ->> 1")
+
+
+def _requests_insert(msg: NewMessage) -> tuple[str, str]:
+    """The statement inserting ``msg``'s requests, and its JSON array of rows."""
+    if msg.data is None:
+        return _INSERT_ADDRESSES, json.dumps(list(msg.emails))
+    return _INSERT_WITH_DATA, json.dumps(list(zip(msg.emails, msg.data, strict=True)))
+
+
+def _connect(path: Path, cache_mb: int = 64) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-65536")  # 64 MB
+    conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -103,6 +149,10 @@ class _Conn:
                 if self.conn.in_transaction:
                     self.conn.rollback()
                 raise StoreError(f"database error: {exc}") from exc
+            except BaseException:
+                if self.conn.in_transaction:  # never leave a transaction open on the connection
+                    self.conn.rollback()
+                raise
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
@@ -116,51 +166,104 @@ class Store:
 
     # -- ingest ------------------------------------------------------------
 
-    async def insert_messages(self, messages: Sequence[NewMessage], now: datetime) -> InsertResult:
-        """Store every message and its recipients in one transaction (all or nothing)."""
+    async def insert_messages(
+        self, messages: Sequence[NewMessage], now: datetime, *, key: IdempotencyKey | None = None
+    ) -> InsertResult:
+        """Store every message and its recipients in one transaction (all or nothing).
+
+        With ``key``, checking and remembering the key are part of that transaction:
+        a key used within 24 h stores nothing and returns the earlier answer
+        (``replayed``), or raises :class:`~mailpipe.store.idempotency.KeyReused` when
+        its body differed.
+        """
         now_text = to_db(now)
 
         def txn(conn: sqlite3.Connection) -> InsertResult:
             count = 0
             due_now = False
             conn.execute("BEGIN IMMEDIATE")
+            if key is not None:
+                earlier = _idempotency.earlier_answer(conn, key, now)
+                if earlier is not None:
+                    conn.execute("ROLLBACK")
+                    return InsertResult(0, False, earlier, replayed=True)
+                _idempotency.prune(conn, now)
             for msg in messages:
                 when = msg.scheduled_at if msg.scheduled_at and msg.scheduled_at > now else now
                 due_now = due_now or when <= now
                 (content_id,) = conn.execute(
-                    "INSERT INTO email_contents (subject, content, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?) RETURNING id",
-                    (msg.subject, msg.content, now_text, now_text),
-                ).fetchone()
-                when_text = to_db(when)
-                conn.executemany(
-                    'INSERT INTO email_requests (topic_id, "to", content_id, scheduled_at,'
-                    " status, created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                    "INSERT INTO email_contents (subject, content, created_at, updated_at,"
+                    " text, track_opens, track_clicks) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
-                        (msg.topic_id, to, content_id, when_text, now_text, now_text)
-                        for to in msg.emails
+                        msg.subject,
+                        msg.content,
+                        now_text,
+                        now_text,
+                        msg.text,
+                        msg.track_opens,
+                        msg.track_clicks,
                     ),
-                )
+                ).fetchone()
+                # One statement per message: SQLite walks the JSON array itself,
+                # several times faster than executemany's row-by-row binding.
+                sql, rows = _requests_insert(msg)
+                conn.execute(sql, (msg.topic_id, content_id, to_db(when), now_text, rows))
                 count += len(msg.emails)
+            answer = None
+            if key is not None:
+                answer = key.answer(count)
+                _idempotency.remember(conn, key, answer, now)
             conn.execute("COMMIT")
-            return InsertResult(count, due_now)
+            return InsertResult(count, due_now, answer)
 
-        return await self._w.run(txn)
+        def txn_without_checkpoint(conn: sqlite3.Connection) -> InsertResult:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                return txn(conn)
+            finally:
+                conn.execute("PRAGMA wal_autocheckpoint=1000")
+
+        large = sum(len(m.emails) for m in messages) >= CHECKPOINT_AFTER_ROWS
+        return await self._w.run(txn_without_checkpoint if large else txn)
 
     # -- sending -----------------------------------------------------------
 
     async def claim_due(self, now: datetime, limit: int) -> list[Claimed]:
-        """Move up to ``limit`` due CREATED rows to PROCESSING, lowest id first."""
+        """Move up to ``limit`` due CREATED rows to PROCESSING, lowest id first.
+
+        Claimed rows whose address is on the suppression list go to STOPPED with
+        the error ``suppressed: <reason>`` in the same transaction and are not
+        returned: a suppressed address is never handed to a transport.
+        """
         sql = (
             "UPDATE email_requests SET status = 1, updated_at = ?1 WHERE id IN ("
             " SELECT id FROM email_requests WHERE status = 0 AND scheduled_at <= ?1"
             " AND deleted_at IS NULL ORDER BY id LIMIT ?2)"
-            ' RETURNING id, topic_id, "to", content_id'
+            ' RETURNING id, topic_id, "to", content_id, data, '
         )
+        checked = sql + '(SELECT reason FROM suppressions WHERE address = lower("to"))'
+        unchecked = sql + "NULL"  # no suppressions at all: skip the lookup per row
+        now_text = to_db(now)
 
         def claim(conn: sqlite3.Connection) -> list[Claimed]:
-            rows = conn.execute(sql, (to_db(now), limit)).fetchall()
-            return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+            if conn.execute(_ANY_DUE, (now_text,)).fetchone() is None:
+                return []  # skips the write and the id-order walk past rows not yet due
+            with transaction(conn):
+                (any_suppressed,) = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM suppressions)"
+                ).fetchone()
+                query = checked if any_suppressed else unchecked
+                rows = conn.execute(query, (now_text, limit)).fetchall()
+                suppressed = [(f"suppressed: {r[5]}", now_text, r[0]) for r in rows if r[5]]
+                if suppressed:
+                    conn.executemany(
+                        "UPDATE email_requests SET status = 4, error = ?, updated_at = ?"
+                        " WHERE id = ?",
+                        suppressed,
+                    )
+            if suppressed:
+                log.info("stopped %d requests to suppressed addresses", len(suppressed))
+            return sorted((Claimed(*r[:5]) for r in rows if not r[5]), key=lambda c: c.id)
 
         return await self._w.run(claim)
 
@@ -183,9 +286,14 @@ class Store:
         def query(conn: sqlite3.Connection) -> dict[int, Content]:
             marks = ",".join("?" * len(wanted))
             rows = conn.execute(
-                f"SELECT id, subject, content FROM email_contents WHERE id IN ({marks})", wanted
+                "SELECT id, subject, content, text, track_opens, track_clicks"
+                f" FROM email_contents WHERE id IN ({marks})",
+                wanted,
             ).fetchall()
-            return {row[0]: Content(*row) for row in rows}
+            return {
+                i: Content(i, subject, html, text, bool(opens), bool(clicks))
+                for i, subject, html, text, opens, clicks in rows
+            }
 
         return await self._r.run(query) if wanted else {}
 
@@ -286,6 +394,83 @@ class Store:
 
         return await self._r.run(query)
 
+    # -- feedback and suppressions (SQL in mailpipe.store.feedback) ----------
+
+    async def record_feedback(
+        self, sns_message_id: str, event: SesEvent, now: datetime
+    ) -> FeedbackOutcome:
+        """Store one verified SES record (results per request, suppressions) in one
+        transaction, unless this SNS MessageId was stored before (``duplicate``)."""
+        return await self._w.run(
+            lambda conn: _feedback.record_event(conn, sns_message_id, event, now)
+        )
+
+    async def add_suppression(
+        self,
+        address: str,
+        reason: str,
+        source: str | None,
+        *,
+        request_id: int | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Never send to ``address`` again (``reason``: bounce, complaint or unsubscribe;
+        ``source``: what caused it, e.g. an SES message id). False if it already was."""
+        when = now or utcnow()
+        return await self._w.run(
+            lambda conn: _feedback.add_suppression(conn, address, reason, source, request_id, when)
+        )
+
+    async def get_suppression(self, address: str) -> Suppression | None:
+        """The suppression of ``address`` (compared lower-cased), or None."""
+        return await self._r.run(lambda conn: _feedback.get_suppression(conn, address))
+
+    async def delete_suppression(self, address: str) -> bool:
+        """Lift the suppression of ``address``; False when there was none."""
+        return await self._w.run(lambda conn: _feedback.delete_suppression(conn, address))
+
+    async def list_suppressions(
+        self, limit: int, cursor: int | None = None
+    ) -> tuple[list[Suppression], int | None]:
+        """A page of suppressions, newest first, and the next page's cursor (or None)."""
+        return await self._r.run(lambda conn: _feedback.list_suppressions(conn, limit, cursor))
+
+    # -- opens, clicks, unsubscribes (SQL in mailpipe.store.tracking) ----------
+
+    async def record_result(self, request_id: int, status: str, raw: str, now: datetime) -> bool:
+        """Add a result (``Open``, ``Click``) to a request; False when there is no such request."""
+        return await self._w.run(
+            lambda conn: _tracking.record_result(conn, request_id, status, raw, now)
+        )
+
+    async def recipient_of(self, request_id: int) -> str | None:
+        """The address a request was sent to, or None when there is no such request."""
+        return await self._r.run(lambda conn: _tracking.recipient_of(conn, request_id))
+
+    async def unsubscribe(self, request_id: int, source: str, raw: str, now: datetime) -> bool:
+        """Suppress the request's recipient (reason ``unsubscribe``) and record an
+        ``Unsubscribe`` result; False when the address was suppressed already."""
+        return await self._w.run(
+            lambda conn: _tracking.unsubscribe(conn, request_id, source, raw, now)
+        )
+
+    async def idempotent_answer(self, key: IdempotencyKey, now: datetime) -> dict[str, Any] | None:
+        """The answer given earlier for ``key`` (None when unused within 24 h); raises
+        :class:`~mailpipe.store.idempotency.KeyReused` when it came with another body.
+
+        A read ahead of validation; :meth:`insert_messages` checks again atomically.
+        """
+        return await self._r.run(lambda conn: _idempotency.earlier_answer(conn, key, now))
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database (as far as readers allow).
+
+        Runs on the reader connection, so the writer is not held up; after a
+        large insert (whose commit skipped the automatic checkpoint) it keeps
+        the WAL small without slowing the request.
+        """
+        await self._r.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
     async def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers."""
         await self._r.run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -305,7 +490,9 @@ async def open_store(path: Path) -> AsyncIterator[Store]:
             raise
         if old != new:
             log.info("database %s migrated from schema %d to %d", path, old, new)
-        return writer, _connect(path)
+        # The writer gets the 64 MB cache; the reader's queries are indexed
+        # look-ups and counts, and a second 64 MB would double the RSS.
+        return writer, _connect(path, cache_mb=16)
 
     try:
         writer, reader = await trio.to_thread.run_sync(setup)

@@ -79,6 +79,34 @@ MIGRATIONS: dict[int, str] = {
         created_at  TEXT NOT NULL
     );
     """,
+    # Idempotency-Key of POST /v1/messages: the body's digest and the first answer.
+    4: """
+    CREATE TABLE idempotency_keys (
+        key          TEXT PRIMARY KEY,
+        body_sha256  TEXT NOT NULL,
+        response     TEXT NOT NULL,
+        created_at   TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX idx_idempotency_keys_created_at ON idempotency_keys(created_at);
+    """,
+    # per-message text template and tracking switches; per-recipient template data (JSON).
+    5: """
+    ALTER TABLE email_contents ADD COLUMN text TEXT;
+    ALTER TABLE email_contents ADD COLUMN track_opens INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE email_contents ADD COLUMN track_clicks INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE email_requests ADD COLUMN data TEXT;
+    """,
+    # Ingest speed: every index entry is written once per recipient, so keep only
+    # those a query uses. idx_email_requests_pending_due serves every scheduled_at
+    # query; message ids and the sent-time index only matter once a row is sent.
+    6: """
+    DROP INDEX idx_email_requests_scheduled_at;
+    DROP INDEX idx_email_requests_message_id;
+    CREATE INDEX idx_email_requests_message_id
+        ON email_requests(message_id) WHERE message_id IS NOT NULL;
+    DROP INDEX idx_email_requests_status_updated;
+    CREATE INDEX idx_email_requests_sent_updated ON email_requests(updated_at) WHERE status = 2;
+    """,
 }
 
 

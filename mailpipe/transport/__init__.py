@@ -53,6 +53,10 @@ class Transport(Protocol):
         """Deliver ``emails`` (1 to ``max_batch``, same content); one result each, in order."""
         ...
 
+    def account_blocker(self) -> str | None:
+        """Why the account cannot send right now, or None when it can (blocking)."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

@@ -96,3 +96,29 @@ def classify_code(code: str, message: str, http_status: int = 0) -> SendError:
     if http_status == 403:
         return SendingPaused(code or "HTTP403", message)
     return PermanentSendError(code or f"HTTP{http_status}", message)
+
+
+# SendBulkEmail reports each entry's fate as a status; map it to the error code
+# the same failure has in a single SendEmail, then classify as usual.
+BULK_STATUS_CODES = {
+    "MESSAGE_REJECTED": "MessageRejected",
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": "MailFromDomainNotVerifiedException",
+    "CONFIGURATION_SET_NOT_FOUND": "NotFoundException",
+    "TEMPLATE_NOT_FOUND": "NotFoundException",
+    "INVALID_SENDING_POOL_NAME": "BadRequestException",
+    "INVALID_PARAMETER": "BadRequestException",
+    "ACCOUNT_SUSPENDED": "AccountSuspendedException",
+    "ACCOUNT_SENDING_PAUSED": "SendingPausedException",
+    "CONFIGURATION_SET_SENDING_PAUSED": "SendingPausedException",
+    "ACCOUNT_THROTTLED": "TooManyRequestsException",
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": "LimitExceededException",
+}
+
+
+def classify_bulk_status(status: str, message: str) -> SendError:
+    """Classify one failed ``SendBulkEmail`` entry (``TRANSIENT_FAILURE``, ``FAILED`` and
+    unknown statuses are retried)."""
+    code = BULK_STATUS_CODES.get(status)
+    if code is None:
+        return TransientSendError(status, message)
+    return classify_code(code, message)

@@ -55,5 +55,9 @@ class OutboxTransport:
             return SendResult(error=TransientSendError("OutboxWriteError", str(exc)))
         return SendResult(message_id=message_id)
 
+    def account_blocker(self) -> str | None:
+        """The outbox can always write."""
+        return None
+
     def close(self) -> None:
         """Nothing to release."""

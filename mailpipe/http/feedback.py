@@ -1,0 +1,171 @@
+"""``POST /v1/events/results``: SES feedback delivered by Amazon SNS.
+
+No API key: a message is acted on only after ``SnsVerifier`` proved that SNS
+signed it, recently, for a topic in ``SNS_TOPIC_ARNS``. A refusal answers 403,
+is logged with its reason and stores nothing; an unavailable certificate or a
+failing store answers 503, so SNS retries. A ``SubscriptionConfirmation`` is
+confirmed by one GET of its ``SubscribeURL`` when that is an SNS endpoint; an
+``UnsubscribeConfirmation`` is only logged (its URL would re-subscribe).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from quart import Blueprint, request
+
+from mailpipe.config import Config
+from mailpipe.errors import StoreError
+from mailpipe.feedback import (
+    CertStore,
+    CertUnavailable,
+    FeedbackError,
+    SnsMessage,
+    SnsRejected,
+    SnsVerifier,
+    check_sns_url,
+    parse_ses_event,
+    parse_sns,
+)
+from mailpipe.feedback.sns import MAX_BODY_BYTES, NOTIFICATION, SUBSCRIPTION_CONFIRMATION
+from mailpipe.http.app import ApiError, service
+from mailpipe.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from mailpipe.service import Service
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("feedback", __name__)
+
+SES_TOPIC_CHECK: Final = "Successfully validated SNS topic"
+"""How the plain-text test message SES publishes when a topic is attached begins."""
+
+
+def make_verifier(config: Config, fetch: Callable[[str], bytes]) -> SnsVerifier:
+    """The verifier for ``config``'s topics; ``fetch`` GETs certificates not cached yet."""
+    if not config.sns_topic_arns:
+        log.warning(
+            "SNS_TOPIC_ARNS is empty: POST /v1/events/results refuses every SNS message"
+            " until it lists the SES feedback topics (comma-separated ARNs)"
+        )
+    return SnsVerifier(config.sns_topic_arns, CertStore(config.sns_cert_cache_dir, fetch))
+
+
+@bp.post("/v1/events/results")
+async def sns_message() -> dict[str, Any]:
+    """Verify an SNS message, then store the SES record or handle the subscription."""
+    svc = service()
+    msg = await _verified(svc, await _read_body(MAX_BODY_BYTES))
+    if msg["Type"] == NOTIFICATION:
+        return await _notification(svc, msg)
+    if msg["Type"] == SUBSCRIPTION_CONFIRMATION:
+        return await _confirm_subscription(svc, msg)
+    log.warning(
+        "SNS UnsubscribeConfirmation for %s: feedback will stop; its SubscribeURL is not visited",
+        msg["TopicArn"],
+    )
+    return {"status": "unsubscribed"}
+
+
+async def _read_body(limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes and 408 when too slow."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"SNS message over {limit} bytes")
+    body = bytearray()
+    with trio.move_on_after(request.body_timeout or math.inf) as scope:
+        async for chunk in request.body:
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"SNS message over {limit} bytes")
+    if scope.cancelled_caught:
+        raise ApiError(408, "request body not received in time")
+    return bytes(body)
+
+
+async def _verified(svc: Service, body: bytes) -> SnsMessage:
+    """The parsed message if SNS signed it for an allowed topic; else ``ApiError``."""
+
+    def parse_and_verify() -> SnsMessage:
+        msg = parse_sns(body)
+        svc.sns_verifier.verify(msg)
+        return msg
+
+    try:
+        # Parsing up to 1 MiB, an RSA check, and on a certificate cache miss a
+        # network fetch: all kept off the event loop.
+        msg = await trio.to_thread.run_sync(parse_and_verify)
+    except SnsRejected as exc:
+        log.warning("SNS message from %s refused: %s", request.remote_addr, exc.reason)
+        raise ApiError(403, "SNS message refused") from None
+    except CertUnavailable as exc:
+        log.warning("SNS message not verifiable now (SNS will retry): %s", exc)
+        raise ApiError(503, "signing certificate unavailable; retry later") from None
+    return msg
+
+
+async def _notification(svc: Service, msg: SnsMessage) -> dict[str, Any]:
+    text = msg["Message"]
+    try:
+        event = parse_ses_event(text)
+    except FeedbackError as exc:
+        # Acknowledged (200): SNS would otherwise retry something we can never read.
+        if text.startswith(SES_TOPIC_CHECK):
+            log.info("SES validated SNS topic %s: %s", msg["TopicArn"], text[:200])
+            return {"status": "ok"}
+        log.warning(
+            "SNS notification %s on %s is not an SES record (%s); not stored",
+            msg["MessageId"],
+            msg["TopicArn"],
+            exc,
+        )
+        return {"status": "ignored"}
+    try:
+        outcome = await svc.store.record_feedback(msg["MessageId"], event, utcnow())
+    except StoreError as exc:
+        log.error("SNS notification %s not stored (SNS will retry): %s", msg["MessageId"], exc)
+        raise ApiError(503, "notification not stored; retry later") from None
+    if outcome.duplicate:
+        log.info("SNS notification %s was already stored", msg["MessageId"])
+        return {"status": "duplicate"}
+    if outcome.suppressed:
+        log.info(
+            "%s for SES message %s: suppressed %d addresses",
+            event.event_type,
+            event.ses_message_id,
+            outcome.suppressed,
+        )
+    if outcome.matched < outcome.results:
+        log.info(
+            "%s for SES message %s: %d of %d results match no request (stored without one)",
+            event.event_type,
+            event.ses_message_id,
+            outcome.results - outcome.matched,
+            outcome.results,
+        )
+    return {
+        "status": "stored",
+        "results": outcome.results,
+        "matched": outcome.matched,
+        "suppressed": outcome.suppressed,
+    }
+
+
+async def _confirm_subscription(svc: Service, msg: SnsMessage) -> dict[str, Any]:
+    topic, url = msg["TopicArn"], msg["SubscribeURL"]
+    try:
+        check_sns_url(url)
+    except SnsRejected as exc:
+        log.warning("SubscriptionConfirmation for %s refused, not visited: %s", topic, exc.reason)
+        raise ApiError(403, "SubscribeURL is not an SNS endpoint") from None
+    try:
+        await trio.to_thread.run_sync(svc.sns_get, url)
+    except CertUnavailable as exc:  # what the GET raises for any failure
+        log.warning("could not confirm the SNS subscription to %s: %s", topic, exc)
+        raise ApiError(502, "subscription not confirmed; retry later") from None
+    log.info("confirmed the SNS subscription to %s", topic)
+    return {"status": "confirmed"}

@@ -1,0 +1,546 @@
+"""The OpenAPI 3.1 description of every HTTP endpoint, kept by hand.
+
+``tests/test_openapi.py`` holds it against the app's routes (every route is
+described, every described path is served) and schemathesis holds the live
+service to it (no 5xx for any generated input, every answer matches).
+When a route changes, change its entry here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+Json = dict[str, Any]
+
+VERSION: Final = "0.1.0"
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: Json, **extra: Any) -> Json:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        **extra,
+    }
+
+
+def _error(description: str) -> Json:
+    return _json(description, _ref("Error"))
+
+
+def _int(minimum: int = 0, **extra: Any) -> Json:
+    return {"type": "integer", "minimum": minimum, **extra}
+
+
+def _obj(required: list[str], **properties: Json) -> Json:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+UNAUTHORIZED: Final = _error("`x-api-key` missing or wrong")
+KEYED: Final[list[Json]] = [{"apiKey": []}]
+
+TOPIC_ID: Final = {
+    "name": "topicId",
+    "in": "path",
+    "required": True,
+    "description": "The topic (campaign) id given when posting",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[^/\\x00-\\x1f\\x7f]+$",
+    },
+}
+EMAIL_PATH: Final = {
+    "name": "email",
+    "in": "path",
+    "required": True,
+    "description": "The address (compared case-insensitively)",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 320,
+        "pattern": "^[^/\\x00-\\x1f\\x7f]+$",
+    },
+}
+TRACKING_QUERY: Final = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+    for name, description in (
+        ("requestId", "The request the link was made for"),
+        ("t", "HMAC token binding the link to the request (and, for clicks, the URL)"),
+    )
+]
+
+SCHEMAS: Final[Json] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "What was wrong"}},
+        "description": "Every error answer: the problem named (which message, field, address)",
+    },
+    "Message": {
+        "type": "object",
+        "required": ["topicId", "subject", "content"],
+        "description": "One content and its recipients: `emails`, `recipients`, or both",
+        "properties": {
+            "topicId": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "description": "Campaign id; no control characters",
+            },
+            "emails": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "format": "email"},
+                "description": "Recipients; one address spelled several ways is sent once",
+            },
+            "recipients": {
+                "type": "array",
+                "minItems": 1,
+                "description": "Recipients with per-recipient template data",
+                "items": _obj(
+                    ["email"], email={"type": "string", "format": "email"}, data={"type": "object"}
+                ),
+            },
+            "subject": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 998,
+                "description": "Template; no CR or LF; not blank",
+            },
+            "content": {
+                "type": "string",
+                "minLength": 1,
+                "description": "HTML template (autoescaped); not blank",
+            },
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Plain-text part; derived from the HTML when absent",
+            },
+            "scheduledAt": {
+                "type": "string",
+                "format": "date-time",
+                "description": "RFC 3339 with offset; in the past means now",
+            },
+            "trackOpens": {"type": "boolean", "default": True},
+            "trackClicks": {"type": "boolean", "default": True},
+        },
+    },
+    "SendRequest": _obj(
+        ["messages"], messages={"type": "array", "minItems": 1, "items": _ref("Message")}
+    ),
+    "Accepted": _obj(
+        ["count", "elapsed"],
+        count=_int(description="Requests stored (one per distinct recipient)"),
+        elapsed={"type": "string", "description": "Server time taken, Go duration syntax"},
+    ),
+    "TopicStats": _obj(
+        ["request", "result"],
+        request=_obj(
+            ["total", "created", "processing", "sent", "failed", "stopped"],
+            total=_int(),
+            created=_int(),
+            processing=_int(),
+            sent=_int(),
+            failed=_int(),
+            stopped=_int(),
+        ),
+        result=_obj(
+            ["statuses"],
+            statuses={
+                "type": "object",
+                "additionalProperties": _int(),
+                "description": "Distinct requests per SES/tracking event type",
+            },
+        ),
+    ),
+    "Stopped": _obj(["stopped"], stopped=_int(description="Requests moved to status 4")),
+    "SentCount": _obj(
+        ["count", "hours", "since"],
+        count=_int(),
+        hours=_int(1, maximum=168),
+        since={"type": "string", "format": "date-time"},
+    ),
+    "Suppression": _obj(
+        ["email", "reason", "createdAt"],
+        email={"type": "string"},
+        reason={"type": "string", "enum": ["bounce", "complaint", "unsubscribe"]},
+        source={"type": ["string", "null"]},
+        requestId={"type": ["integer", "null"]},
+        createdAt={"type": "string", "format": "date-time"},
+    ),
+    "SuppressionPage": _obj(
+        ["suppressions", "nextCursor"],
+        suppressions={"type": "array", "items": _ref("Suppression")},
+        nextCursor={"type": ["string", "null"], "description": "`cursor` of the next page"},
+    ),
+    "SnsMessage": {
+        "type": "object",
+        "description": "An Amazon SNS HTTP(S) message (sent with Content-Type text/plain)",
+        "properties": {
+            name: {"type": "string"}
+            for name in (
+                "Type",
+                "MessageId",
+                "TopicArn",
+                "Subject",
+                "Message",
+                "Timestamp",
+                "SignatureVersion",
+                "Signature",
+                "SigningCertURL",
+                "SubscribeURL",
+                "Token",
+                "UnsubscribeURL",
+            )
+        },
+    },
+    "SnsAnswer": _obj(
+        ["status"],
+        status={
+            "type": "string",
+            "enum": ["stored", "duplicate", "ignored", "ok", "confirmed", "unsubscribed"],
+        },
+        results=_int(),
+        matched=_int(),
+        suppressed=_int(),
+    ),
+    "Status": _obj(["status"], status={"type": "string"}),
+    "NotReady": _obj(
+        ["status", "error"],
+        status={"type": "string", "enum": ["unavailable", "paused", "stopping"]},
+        error={"type": "string"},
+    ),
+}
+
+MESSAGES: Final[Json] = {
+    "post": {
+        "summary": "Post a send",
+        "description": (
+            "Validates the whole body and stores every recipient in one transaction "
+            "before answering; any invalid part is a 4xx and nothing is stored. "
+            "With `Idempotency-Key`, a repeat of the same body within 24 h answers the "
+            "first response again (header `Idempotent-Replayed: true`) and stores nothing."
+        ),
+        "security": KEYED,
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "1 to 255 printable ASCII characters; remembered for 24 h",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": "^[\\x20-\\x7e]+$",
+                },
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("SendRequest")}},
+        },
+        "responses": {
+            "200": _json(
+                "Stored (or replayed)",
+                _ref("Accepted"),
+                headers={
+                    "Idempotent-Replayed": {
+                        "description": "`true` when this is the stored first answer",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+            ),
+            "400": _error("Malformed JSON or an invalid field, named"),
+            "401": UNAUTHORIZED,
+            "409": _error("This Idempotency-Key was used with a different body"),
+            "413": _error("Over MAX_RECIPIENTS_PER_REQUEST recipients or MAX_BODY_BYTES"),
+        },
+    }
+}
+
+TOPIC: Final[Json] = {
+    "parameters": [TOPIC_ID],
+    "get": {
+        "summary": "Topic statistics",
+        "description": "Requests per status (every status, `processing` included) and "
+        "distinct requests per feedback event type.",
+        "security": KEYED,
+        "responses": {"200": _json("Counts", _ref("TopicStats")), "401": UNAUTHORIZED},
+    },
+    "delete": {
+        "summary": "Stop a topic",
+        "description": "Stops every request of the topic not yet handed to SES, including "
+        "rows already claimed and waiting in memory; they end in status 4.",
+        "security": KEYED,
+        "responses": {"200": _json("How many were stopped", _ref("Stopped")), "401": UNAUTHORIZED},
+    },
+}
+
+SENT_COUNT: Final[Json] = {
+    "get": {
+        "summary": "Requests sent recently",
+        "security": KEYED,
+        "parameters": [
+            {
+                "name": "hours",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 168, "default": 24},
+            }
+        ],
+        "responses": {
+            "200": _json("Sent in the last `hours`", _ref("SentCount")),
+            "400": _error("`hours` not an integer from 1 to 168"),
+            "401": UNAUTHORIZED,
+        },
+    }
+}
+
+SNS_RESULTS: Final[Json] = {
+    "post": {
+        "summary": "SES feedback over Amazon SNS",
+        "description": "No API key: each message is verified (signature v1/v2, SNS certificate "
+        "URL, TopicArn in SNS_TOPIC_ARNS, timestamp within an hour) before it is acted on. "
+        "Delivery, Bounce, Complaint, Open, Click… records are stored per request; permanent "
+        "bounces and complaints suppress the address.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref("SnsMessage")},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        },
+        "responses": {
+            "200": _json("Verified and handled", _ref("SnsAnswer")),
+            "403": _error("Not verified: nothing stored"),
+            "408": _error("Body not received in time"),
+            "413": _error("Body too large"),
+            "502": _error("Subscription could not be confirmed; SNS retries"),
+            "503": _error("Certificate unavailable or store failing; SNS retries"),
+        },
+    }
+}
+
+SUPPRESSIONS: Final[Json] = {
+    "get": {
+        "summary": "List suppressed addresses",
+        "description": "Newest first; pass `nextCursor` as `cursor` for the next page.",
+        "security": KEYED,
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+            },
+        ],
+        "responses": {
+            "200": _json("A page", _ref("SuppressionPage")),
+            "400": _error("`limit` or `cursor` out of range"),
+            "401": UNAUTHORIZED,
+        },
+    }
+}
+
+SUPPRESSION: Final[Json] = {
+    "parameters": [EMAIL_PATH],
+    "get": {
+        "summary": "Look up one address",
+        "security": KEYED,
+        "responses": {
+            "200": _json("Suppressed", _ref("Suppression")),
+            "401": UNAUTHORIZED,
+            "404": _error("Not suppressed"),
+        },
+    },
+    "delete": {
+        "summary": "Lift a suppression",
+        "description": "Later sends reach the address again.",
+        "security": KEYED,
+        "responses": {
+            "200": _json("Lifted", _obj(["deleted"], deleted={"type": "boolean", "const": True})),
+            "401": UNAUTHORIZED,
+            "404": _error("Not suppressed"),
+        },
+    },
+}
+
+
+def _page(description: str) -> Json:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+OPEN_PIXEL: Final[Json] = {
+    "get": {
+        "summary": "Open-tracking pixel",
+        "description": "Always a 1x1 transparent GIF with no-cache headers, whatever the "
+        "token; records an `Open` only when the token is valid.",
+        "parameters": TRACKING_QUERY,
+        "responses": {
+            "200": {
+                "description": "The pixel",
+                "content": {
+                    "image/gif": {"schema": {"type": "string", "contentEncoding": "binary"}}
+                },
+            }
+        },
+    }
+}
+
+CLICK: Final[Json] = {
+    "get": {
+        "summary": "Click-tracking redirect",
+        "description": "With a valid token: records a `Click` and redirects to exactly the "
+        "signed link. Anything else is an HTML page that redirects nowhere.",
+        "parameters": [
+            *TRACKING_QUERY,
+            {
+                "name": "url",
+                "in": "query",
+                "required": False,
+                "description": "The original link",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "302": {
+                "description": "To the original link",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+            },
+            "400": _page("Link not valid: nothing recorded, no redirect"),
+        },
+    }
+}
+
+UNSUBSCRIBE: Final[Json] = {
+    "get": {
+        "summary": "Unsubscribe page",
+        "description": "A small page whose button POSTs the one-click form; the GET changes "
+        "nothing (mail scanners prefetch links).",
+        "parameters": TRACKING_QUERY,
+        "responses": {"200": _page("The confirm page"), "400": _page("Link not valid")},
+    },
+    "post": {
+        "summary": "One-click unsubscribe (RFC 8058)",
+        "description": "With the form `List-Unsubscribe=One-Click`: puts the recipient on the "
+        "suppression list (reason `unsubscribe`). No key, no cookies, never a redirect.",
+        "parameters": TRACKING_QUERY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": _obj(
+                        ["List-Unsubscribe"],
+                        **{"List-Unsubscribe": {"type": "string", "const": "One-Click"}},
+                    )
+                }
+            },
+        },
+        "responses": {
+            "200": _page("Unsubscribed"),
+            "400": _page("Link not valid, or the form is not List-Unsubscribe=One-Click"),
+            "413": _page("Form too large"),
+            "503": _page("Store failing; try again"),
+        },
+    },
+}
+
+PROBES: Final[Json] = {
+    "/health": {
+        "get": {"summary": "Liveness", "responses": {"200": _json("Alive", _ref("Status"))}}
+    },
+    "/ready": {
+        "get": {
+            "summary": "Readiness",
+            "description": "200 when the store answers and sending is not paused.",
+            "responses": {
+                "200": _json("Ready", _ref("Status")),
+                "503": _json("Not ready, and why", _ref("NotReady")),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "description": "Text exposition; every name starts with `mailpipe_`.",
+            "responses": {
+                "200": {
+                    "description": "Metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+        }
+    },
+    "/docs": {
+        "get": {
+            "summary": "This document for people",
+            "responses": {
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+}
+
+
+_DOCUMENT: Final[Json] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "mailpipe",
+        "version": VERSION,
+        "description": (
+            "Bulk email through Amazon SES at exactly the allowed rate. JSON is camelCase; "
+            "keyed endpoints need the `x-api-key` header; every error is "
+            '`{"error": "…"}` with a fitting 4xx/5xx.'
+        ),
+    },
+    "paths": {
+        "/v1/messages": MESSAGES,
+        "/v1/topics/{topicId}": TOPIC,
+        "/v1/events/counts/sent": SENT_COUNT,
+        "/v1/events/results": SNS_RESULTS,
+        "/v1/events/open": OPEN_PIXEL,
+        "/v1/events/click": CLICK,
+        "/v1/unsubscribe": UNSUBSCRIBE,
+        "/v1/suppressions": SUPPRESSIONS,
+        "/v1/suppressions/{email}": SUPPRESSION,
+        **PROBES,
+    },
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+    },
+}
+
+
+def spec() -> Json:
+    """The OpenAPI 3.1 document (a fresh copy each call)."""
+    return copy.deepcopy(_DOCUMENT)

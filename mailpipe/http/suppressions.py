@@ -1,0 +1,81 @@
+"""The keyed suppression-list API: list, look up and lift suppressions.
+
+Addresses are compared lower-cased (see ``mailpipe.store.feedback``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from quart import Blueprint, request
+
+from mailpipe.http.app import ApiError, require_key, service
+from mailpipe.store.feedback import Suppression
+
+bp = Blueprint("suppressions", __name__)
+
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+MAX_ADDRESS: Final = 320
+
+
+def suppression_json(s: Suppression) -> dict[str, Any]:
+    """``s`` as the API shows it (camelCase, UTC ``Z`` time)."""
+    return {
+        "email": s.address,
+        "reason": s.reason,
+        "source": s.source,
+        "requestId": s.request_id,
+        "createdAt": s.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+@bp.get("/v1/suppressions")
+@require_key
+async def list_suppressions() -> dict[str, Any]:
+    """A page of suppressions, newest first; ``nextCursor`` fetches the next page."""
+    limit = _int_arg("limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
+    cursor = _int_arg("cursor", 1, 2**63 - 1)
+    page, next_cursor = await service().store.list_suppressions(limit, cursor)
+    return {
+        "suppressions": [suppression_json(s) for s in page],
+        "nextCursor": str(next_cursor) if next_cursor is not None else None,
+    }
+
+
+@bp.get("/v1/suppressions/<path:email>")
+@require_key
+async def get_suppression(email: str) -> dict[str, Any]:
+    """The suppression of ``email``; 404 when it is not suppressed."""
+    found = await service().store.get_suppression(_address(email))
+    if found is None:
+        raise ApiError(404, "address is not suppressed")
+    return suppression_json(found)
+
+
+@bp.delete("/v1/suppressions/<path:email>")
+@require_key
+async def delete_suppression(email: str) -> dict[str, Any]:
+    """Lift the suppression of ``email`` (later sends reach it); 404 when there is none."""
+    if not await service().store.delete_suppression(_address(email)):
+        raise ApiError(404, "address is not suppressed")
+    return {"deleted": True}
+
+
+def _address(email: str) -> str:
+    if not email.strip() or len(email) > MAX_ADDRESS:
+        raise ApiError(404, "address is not suppressed")
+    return email
+
+
+def _int_arg(name: str, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, not {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be from {low} to {high}")
+    return value

@@ -1,0 +1,230 @@
+"""SQL for SES feedback and the suppression list (used through :class:`mailpipe.store.Store`).
+
+Each function takes the connection it runs on and is called in a worker thread.
+Addresses on the suppression list are fully lower-cased (SQLite ``lower()``, so
+the list and the ``claim_due`` lookup agree on what "the same address" is):
+SES, Gmail, Outlook and practically every mailbox provider treat the local part
+case-insensitively, and wrongly not sending to ``Bob@x`` after ``bob@x``
+complained is much cheaper than sending to a complainer again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Final
+
+from mailpipe.timeutil import from_db, to_db
+
+if TYPE_CHECKING:
+    from mailpipe.feedback.ses_events import SesEvent
+
+SUPPRESSION_REASONS: Final = frozenset({"bounce", "complaint", "unsubscribe"})
+SNS_DEDUPE_KEEP: Final = timedelta(days=7)
+"""How long processed SNS MessageIds are remembered (SNS refuses to be older than an hour)."""
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An address mailpipe never sends to, and why."""
+
+    id: int
+    address: str
+    reason: str
+    source: str | None
+    request_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """What storing one SNS notification did."""
+
+    duplicate: bool = False
+    results: int = 0
+    matched: int = 0
+    suppressed: int = 0
+
+
+Match = tuple[int | None, str | None]
+"""(request id or None, recipient or None) for one affected recipient."""
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    conn.execute("COMMIT")
+
+
+def record_event(
+    conn: sqlite3.Connection, sns_message_id: str, event: SesEvent, now: datetime
+) -> FeedbackOutcome:
+    """Store one verified SES record and its suppressions, once per SNS MessageId."""
+    now_text = to_db(now)
+    with transaction(conn):
+        fresh = conn.execute(
+            "INSERT INTO sns_messages (message_id, created_at) VALUES (?, ?)"
+            " ON CONFLICT (message_id) DO NOTHING",
+            (sns_message_id, now_text),
+        ).rowcount
+        if not fresh:
+            return FeedbackOutcome(duplicate=True)  # nothing written; the commit is empty
+        conn.execute(
+            "DELETE FROM sns_messages WHERE created_at < ?", (to_db(now - SNS_DEDUPE_KEEP),)
+        )
+        matches = correlate(conn, event)
+        rows = _result_rows(matches)
+        # A record that matches no request is stored with request_id NULL rather
+        # than dropped: SES only reports mail this account sent (before an
+        # upgrade, by another sender on the configuration set, or before the
+        # message id was recorded), it stays auditable, SNS stops retrying, and
+        # the volume is bounded by our own sends.
+        conn.executemany(
+            "INSERT INTO email_results (request_id, status, raw, created_at, updated_at,"
+            " sns_message_id, ses_message_id, recipient, bounce_type, bounce_subtype)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    rid,
+                    event.event_type,
+                    event.raw,
+                    now_text,
+                    now_text,
+                    sns_message_id,
+                    event.ses_message_id,
+                    rcpt,
+                    event.bounce_type,
+                    event.bounce_subtype,
+                )
+                for rid, rcpt in rows
+            ],
+        )
+        suppressed = 0
+        reason = "complaint" if event.complaint else "bounce" if event.permanent_bounce else None
+        if reason is not None:
+            source = event.ses_message_id or sns_message_id
+            for rid, rcpt in matches:
+                if rcpt is not None:
+                    suppressed += add_suppression(conn, rcpt, reason, source, rid, now)
+    return FeedbackOutcome(
+        results=len(rows), matched=sum(rid is not None for rid, _ in rows), suppressed=suppressed
+    )
+
+
+def correlate(conn: sqlite3.Connection, event: SesEvent) -> list[Match]:
+    """The request of each affected recipient (None where no request matches).
+
+    First by the stored SES message id (one request: that one; several, as with
+    bulk sends: the one whose ``to`` equals the recipient, case-insensitively),
+    then by the request-id hint when that request's ``to`` is the recipient.
+    """
+    candidates: list[tuple[int, str]] = []
+    if event.ses_message_id:
+        candidates = conn.execute(
+            'SELECT id, "to" FROM email_requests WHERE message_id = ?', (event.ses_message_id,)
+        ).fetchall()
+    hinted: tuple[int, str] | None = None
+    if event.request_id_hint is not None:
+        hinted = conn.execute(
+            'SELECT id, "to" FROM email_requests WHERE id = ?', (event.request_id_hint,)
+        ).fetchone()
+    matches: list[Match] = []
+    for rcpt in event.recipients or (None,):
+        rid = _by_message_id(candidates, rcpt)
+        if rid is None and hinted is not None and (rcpt is None or _same(hinted[1], rcpt)):
+            rid = hinted[0]
+        matches.append((rid, rcpt))
+    return matches
+
+
+def _by_message_id(candidates: list[tuple[int, str]], rcpt: str | None) -> int | None:
+    if len(candidates) == 1:
+        return candidates[0][0]
+    for rid, to in candidates:
+        if rcpt is not None and _same(to, rcpt):
+            return rid
+    return None
+
+
+def _same(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def _result_rows(matches: list[Match]) -> list[Match]:
+    """One row per matched request (its first recipient), one per unmatched recipient."""
+    seen: set[int] = set()
+    rows: list[Match] = []
+    for rid, rcpt in matches:
+        if rid is None:
+            rows.append((rid, rcpt))
+        elif rid not in seen:
+            seen.add(rid)
+            rows.append((rid, rcpt))
+    return rows
+
+
+def add_suppression(
+    conn: sqlite3.Connection,
+    address: str,
+    reason: str,
+    source: str | None,
+    request_id: int | None,
+    now: datetime,
+) -> bool:
+    """Suppress ``address``; False when it already was (the first reason is kept)."""
+    if reason not in SUPPRESSION_REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}")
+    return (
+        conn.execute(
+            "INSERT INTO suppressions (address, reason, source, request_id, created_at)"
+            " VALUES (lower(trim(?)), ?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
+            (address, reason, source, request_id, to_db(now)),
+        ).rowcount
+        == 1
+    )
+
+
+_COLUMNS: Final = "id, address, reason, source, request_id, created_at"
+
+
+def _suppression(row: tuple[int, str, str, str | None, int | None, str]) -> Suppression:
+    return Suppression(*row[:5], created_at=from_db(row[5]))
+
+
+def get_suppression(conn: sqlite3.Connection, address: str) -> Suppression | None:
+    """The suppression of ``address`` (any case), or None."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM suppressions WHERE address = lower(trim(?))", (address,)
+    ).fetchone()
+    return _suppression(row) if row else None
+
+
+def delete_suppression(conn: sqlite3.Connection, address: str) -> bool:
+    """Lift the suppression of ``address``; False when there was none."""
+    return (
+        conn.execute("DELETE FROM suppressions WHERE address = lower(trim(?))", (address,)).rowcount
+        == 1
+    )
+
+
+def list_suppressions(
+    conn: sqlite3.Connection, limit: int, before: int | None
+) -> tuple[list[Suppression], int | None]:
+    """Up to ``limit`` suppressions, newest first, with ids below ``before``; and the
+    cursor of the next page (None on the last page)."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM suppressions WHERE id < ? ORDER BY id DESC LIMIT ?",
+        (before if before is not None else 2**63 - 1, limit + 1),
+    ).fetchall()
+    page = [_suppression(row) for row in rows[:limit]]
+    return page, (page[-1].id if len(rows) > limit else None)

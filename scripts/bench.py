@@ -1,0 +1,500 @@
+"""Benchmark mailpipe end to end on this machine.
+
+Starts the project's SES-compatible endpoint (``scripts/fake_ses.py``) and the
+real service (``python -m mailpipe``) as subprocesses, measures, and prints a
+markdown table; with ``--json`` the last line is one JSON object.
+
+    python scripts/bench.py --quick --json
+
+Phases (each against a fresh service and database):
+  ingest   one POST of 100,000 recipients (scheduled ahead, so nothing sends)
+  rate     EMAIL_RATE=100 for 30 s, arrivals counted at the endpoint
+  latency  POST of one recipient to its arrival at the endpoint, idle service
+  ceiling  EMAIL_RATE far above reach, 50 ms endpoint latency, plus a plain
+           boto3 send_email loop with 16 threads against the same endpoint
+  http     signed SNS notifications, open pixels and bare /health per second
+  backlog  service RSS with 1,000,000 rows pending
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import concurrent.futures
+import json
+import os
+import re
+import secrets
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+from botocore.config import Config as BotoConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # snskit: signs SNS messages with a test key
+
+API_KEY = "bench-" + secrets.token_hex(8)
+TRACKING_SECRET = secrets.token_hex(32)
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:mailpipe-bench"
+READY = re.compile(r"mailpipe ready on (http://\S+):")
+
+
+# -- processes ---------------------------------------------------------------
+
+
+class Fake:
+    """The fake SES endpoint as a subprocess."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "fake_ses.py"), "--port", "0", *args],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.url = line.split()[-1]
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def configure(self, **settings: Any) -> None:
+        self.http.post("/_fake/configure", json=settings).raise_for_status()
+
+    def reset(self) -> None:
+        self.http.post("/_fake/reset").raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.http.get("/_fake/stats").json()
+        return result
+
+    def received(self, offset: int = 0) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.http.get(
+            "/_fake/received", params={"offset": offset}
+        ).json()
+        return result
+
+    def close(self) -> None:
+        self.http.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Service:
+    """``python -m mailpipe`` in its own data directory."""
+
+    def __init__(self, workdir: Path, env: dict[str, Any]) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EMAIL_"))}
+        full.update({
+            "SERVER_PORT": "0", "SERVER_BIND": "127.0.0.1", "API_KEY": API_KEY,
+            "DB_PATH": str(workdir / "app.db"), "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
+            "EMAIL_SENDER": "bench@example.com", "EMAIL_TRANSPORT": "ses",
+            "TRACKING_SECRET": TRACKING_SECRET, "LOG_LEVEL": "INFO",
+            "MAX_RECIPIENTS_PER_REQUEST": "100000",
+        })
+        full.update({k: str(v) for k, v in env.items()})
+        self.db = workdir / "app.db"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailpipe"], cwd=ROOT, env=full,
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        self.url = ""
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                match = READY.search(line)
+                if match:
+                    self.url = match.group(1)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(60) or not self.url:
+            raise RuntimeError("service did not start")
+        self.http = httpx.Client(base_url=self.url, headers={"x-api-key": API_KEY}, timeout=120)
+
+    def post(self, topic: str, emails: list[str], **extra: Any) -> httpx.Response:
+        body = {"messages": [{"topicId": topic, "emails": emails, "subject": "Bench",
+                              "content": CONTENT, **extra}]}
+        response = self.http.post("/v1/messages", json=body)
+        response.raise_for_status()
+        return response
+
+    def stats(self, topic: str) -> dict[str, int]:
+        result: dict[str, int] = self.http.get(f"/v1/topics/{topic}").json()["request"]
+        return result
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.http.close()
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+CONTENT = (
+    "<html><body><h1>Weekly news</h1><p>Hello, this is the weekly newsletter with "
+    'a <a href="https://example.com/article">link</a> and some text.</p></body></html>'
+)
+
+
+@contextmanager
+def service(env: dict[str, Any]) -> Iterator[Service]:
+    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as tmp:
+        svc = Service(Path(tmp), env)
+        try:
+            yield svc
+        finally:
+            svc.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(interval)
+
+
+def emails(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i}@example.com" for i in range(n)]
+
+
+# -- phases -------------------------------------------------------------------
+
+
+def bench_ingest(fake: Fake, runs: int) -> float:
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    figures = []
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100}) as svc:
+        for run in range(runs):
+            batch = emails(f"ingest{run}-", 100_000)
+            started = time.perf_counter()
+            response = svc.post(f"ingest{run}", batch, scheduledAt=later)
+            elapsed = time.perf_counter() - started
+            assert response.json()["count"] == 100_000
+            figures.append(100_000 / elapsed)
+    return statistics.median(figures)
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    return max(bisect.bisect_left(times, t + window) - i for i, t in enumerate(times))
+
+
+def bench_rate(fake: Fake, seconds: float) -> dict[str, float]:
+    rate = 100
+    n = int(rate * seconds)
+    fake.reset()
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": rate}) as svc:
+        svc.post("rate", emails("rate", n))
+        wait_until(lambda: fake.stats()["recipients"] >= n, timeout=seconds * 2 + 30)
+        arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
+    span = arrivals[-1] - arrivals[0]
+    return {
+        "rate_target": rate,
+        "rate_mean": (len(arrivals) - 1) / span,
+        "rate_max_1s_window": max_in_window(arrivals),
+    }
+
+
+def bench_latency(fake: Fake, samples: int) -> dict[str, float]:
+    fake.reset()
+    fake.configure(latency=0.0)
+    latencies = []
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100}) as svc:
+        svc.post("warmup", ["warmup@example.com"])
+        wait_until(lambda: fake.stats()["recipients"] >= 1, timeout=10)
+        for i in range(samples):
+            before = fake.stats()["recipients"]
+            started = time.time()
+            svc.post(f"lat{i}", [f"lat{i}@example.com"])
+            wait_until(lambda b=before: fake.stats()["recipients"] > b, 10, 0.002)
+            arrival = fake.received(offset=before)[0]["arrival_wall"]
+            latencies.append((arrival - started) * 1000)
+            time.sleep(0.05)  # an idle service between samples
+    latencies.sort()
+    return {
+        "latency_p50_ms": statistics.median(latencies),
+        "latency_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    }
+
+
+def bench_ceiling(fake: Fake, n: int, baseline_s: float) -> dict[str, float]:
+    fake.reset()
+    fake.configure(latency=0.05)
+    env = {"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100_000, "MAX_CONCURRENT": 64}
+    with service(env) as svc:
+        fake_cpu0 = fake.stats()["cpu_seconds"]
+        svc_cpu0 = svc.cpu_s()
+        svc.post("ceiling", emails("ceil", n))
+        wait_until(lambda: fake.stats()["recipients"] >= n, timeout=300)
+        svc_cpu = svc.cpu_s() - svc_cpu0
+        fake_cpu = fake.stats()["cpu_seconds"] - fake_cpu0
+        arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
+        wait_until(lambda: svc.stats("ceiling")["sent"] >= n, timeout=60)
+    span = arrivals[-1] - arrivals[0]
+    fake.reset()
+    baseline = boto3_baseline(fake.url, baseline_s)
+    return {
+        "ceiling_sends_per_s": (len(arrivals) - 1) / span,
+        "ceiling_service_cpu_s": svc_cpu,
+        "ceiling_endpoint_cpu_s": fake_cpu,
+        "ceiling_span_s": span,
+        "baseline_boto3_sends_per_s": baseline,
+    }
+
+
+def boto3_baseline(url: str, seconds: float, threads: int = 16) -> float:
+    client = boto3.session.Session().client(
+        "sesv2", region_name="us-east-1", endpoint_url=url, aws_access_key_id="x",
+        aws_secret_access_key="y",
+        config=BotoConfig(max_pool_connections=threads, retries={"total_max_attempts": 1}),
+    )
+    deadline = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def loop(i: int) -> None:
+        while time.monotonic() < deadline:
+            client.send_email(
+                FromEmailAddress="bench@example.com",
+                Destination={"ToAddresses": [f"base{i}@example.com"]},
+                Content={"Simple": {"Subject": {"Data": "Bench"},
+                                    "Body": {"Html": {"Data": CONTENT}}}},
+            )
+            counts[i] += 1
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(loop, range(threads)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+def http_load(url: str, requests: list[bytes], seconds: float, threads: int = 8) -> float:
+    """Replay raw HTTP/1.1 requests over keep-alive connections; responses per second."""
+    host, port = url.removeprefix("http://").split(":")
+    deadline = time.monotonic() + seconds
+    done = [0] * threads
+    failures = [0] * threads
+    lock = threading.Lock()
+    queue = iter(requests)
+
+    def next_request() -> bytes | None:
+        with lock:
+            return next(queue, None)
+
+    def worker(i: int) -> None:
+        sock = socket.create_connection((host, int(port)))
+        reader = sock.makefile("rb")
+        try:
+            while time.monotonic() < deadline:
+                raw = next_request()
+                if raw is None:
+                    return
+                sock.sendall(raw)
+                status = int(reader.readline().split()[1])
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+                done[i] += 1
+                if status >= 400:
+                    failures[i] += 1
+        finally:
+            sock.close()
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    elapsed = time.monotonic() - started
+    if sum(failures):
+        raise RuntimeError(f"{sum(failures)} of {sum(done)} requests failed")
+    return sum(done) / elapsed
+
+
+def raw_request(method: str, path: str, host: str, body: bytes = b"", **headers: str) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    head += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def bench_http(fake: Fake, seconds: float) -> dict[str, float | None]:
+    fake.reset()
+    fake.configure(latency=0.0)
+    with tempfile.TemporaryDirectory() as certs:
+        env = {"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 1000,
+               "SNS_TOPIC_ARNS": TOPIC_ARN, "SNS_CERT_CACHE_DIR": certs}
+        with service(env) as svc:
+            svc.post("http", emails("http", 200))
+            wait_until(lambda: svc.stats("http")["sent"] >= 200, timeout=30)
+            host = svc.url.removeprefix("http://")
+            n = int(seconds * 3000)
+            health = http_load(svc.url, [raw_request("GET", "/health", host)] * n, seconds)
+            pixel = pixel_load(svc, host, n, seconds)
+            sns = sns_load(svc, host, Path(certs), seconds)
+    return {"health_per_s": health, "pixel_per_s": pixel, "sns_events_per_s": sns}
+
+
+def request_ids(svc: Service) -> list[tuple[int, str, str]]:
+    db = sqlite3.connect(svc.db)
+    try:
+        return db.execute(
+            'SELECT id, message_id, "to" FROM email_requests WHERE status = 2'
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def pixel_load(svc: Service, host: str, n: int, seconds: float) -> float | None:
+    try:
+        from mailpipe.content.tokens import Tokens
+    except ImportError:
+        return None
+    tokens = Tokens(TRACKING_SECRET.encode())
+    ids = request_ids(svc)
+    paths = [tokens.open_url("", ids[i % len(ids)][0]) for i in range(n)]
+    return http_load(svc.url, [raw_request("GET", p, host, User_Agent="bench") for p in paths],
+                     seconds)
+
+
+def sns_load(svc: Service, host: str, certs: Path, seconds: float) -> float | None:
+    try:
+        from snskit import SnsSigner, encode
+    except ImportError:
+        return None
+    signer = SnsSigner(certs)
+    rows = request_ids(svc)
+    n = int(seconds * 800)
+    bodies = []
+    for i in range(n):
+        rid, message_id, to = rows[i % len(rows)]
+        event = {"eventType": "Delivery", "mail": {"messageId": message_id, "destination": [to],
+                 "timestamp": "2026-01-01T00:00:00.000Z", "source": "bench@example.com"},
+                 "delivery": {"recipients": [to], "timestamp": "2026-01-01T00:00:01.000Z",
+                              "smtpResponse": "250 ok"}}
+        msg = signer.notification(TOPIC_ARN, event, version=2)
+        bodies.append(raw_request("POST", "/v1/events/results", host, encode(msg),
+                                  Content_Type="text/plain; charset=UTF-8"))
+    return http_load(svc.url, bodies, seconds)
+
+
+def bench_backlog(fake: Fake, rows: int) -> float:
+    fake.reset()
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100}) as svc:
+        for start in range(0, rows, 100_000):
+            svc.post("backlog", emails(f"b{start}-", min(100_000, rows - start)))
+        time.sleep(3)  # let the scheduler and senders settle into the backlog
+        pending = svc.stats("backlog")
+        assert pending["created"] + pending["processing"] >= rows * 0.95, pending
+        return svc.rss_mb()
+
+
+# -- main ---------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="mailpipe benchmark")
+    parser.add_argument("--quick", action="store_true", help="finish within 3 minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--only", help="comma-separated phases: ingest,rate,latency,ceiling,"
+                        "http,backlog (for profiling)")
+    args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else None
+
+    def phase(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    quick = args.quick
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    fake = Fake("--max-send-rate", "1000000000")
+    try:
+        if phase('ingest'):
+            results["ingest_recipients_per_s"] = bench_ingest(fake, runs=3 if quick else 5)
+            progress(results, started)
+        if phase('rate'):
+            results.update(bench_rate(fake, seconds=30))
+            progress(results, started)
+        if phase('latency'):
+            results.update(bench_latency(fake, samples=40 if quick else 200))
+            progress(results, started)
+        if phase('ceiling'):
+            results.update(bench_ceiling(fake, n=20_000 if quick else 50_000,
+                                         baseline_s=5 if quick else 15))
+            progress(results, started)
+        if phase('http'):
+            results.update(bench_http(fake, seconds=4 if quick else 10))
+            progress(results, started)
+        if phase('backlog'):
+            results["rss_mb_backlog"] = bench_backlog(fake, 1_000_000)
+            progress(results, started)
+        results["endpoint_cpu_s_total"] = fake.stats()["cpu_seconds"]
+    finally:
+        fake.close()
+    results["bench_seconds"] = time.monotonic() - started
+    print_table(results)
+    if args.json:
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
+                          for k, v in results.items()}))
+    return 0
+
+
+TARGETS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "ingest_recipients_per_s": (">= 100,000", lambda r: r["ingest_recipients_per_s"] >= 100_000),
+    "rate_max_1s_window": ("<= rate_target",
+                           lambda r: r["rate_max_1s_window"] <= r["rate_target"]),
+    "rate_mean": ("within 1 % of rate_target",
+                  lambda r: abs(r["rate_mean"] - r["rate_target"]) <= r["rate_target"] / 100),
+    "ceiling_sends_per_s": (">= 2,000 and >= 5x baseline",
+                            lambda r: r["ceiling_sends_per_s"] >= max(
+                                2000, 5 * r["baseline_boto3_sends_per_s"])),
+    "latency_p50_ms": ("<= 50", lambda r: r["latency_p50_ms"] <= 50),
+    "rss_mb_backlog": ("<= 200", lambda r: r["rss_mb_backlog"] <= 200),
+    "sns_events_per_s": (">= 80 % of health_per_s",
+                         lambda r: r["sns_events_per_s"] is not None
+                         and r["sns_events_per_s"] >= 0.8 * r["health_per_s"]),
+}
+
+
+def progress(results: dict[str, Any], started: float) -> None:
+    """What is measured so far, on stderr."""
+    print(f"[{time.monotonic() - started:5.1f}s] {json.dumps(results, default=str)}",
+          file=sys.stderr, flush=True)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print("| metric | value | target | met |")
+    print("| --- | --- | --- | --- |")
+    for key, value in results.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else str(value)
+        target, check = TARGETS.get(key, ("", None))  # type: ignore[arg-type]
+        try:
+            met = "" if check is None else ("yes" if check(results) else "**no**")
+        except KeyError:
+            met = "?"
+        print(f"| {key} | {shown} | {target} | {met} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
