@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -31,7 +32,6 @@ _PLAIN = (
     + b"0123456789!#$%&'*+/=?^_`{|}~-.@\n"
 )
 """Every byte a list of plain addresses joined by newlines may hold."""
-_TWO_ATS = re.compile(rb"@[^\n@]*@")
 _NOT_DOT_ATOM = (b"\n@", b"@\n", b"\n.", b".@", b"..")
 """Substrings that mean an empty part or a misplaced dot in some address."""
 
@@ -78,9 +78,15 @@ class AddressValidator:
             return None
         if not addresses or not text.isascii() or not self._plain(text, len(addresses)):
             return None
-        # Exactly one "@" per line: local0, domain0, local1, domain1, ...
+        # As many "@" as addresses and each has one: exactly one each.
+        if not all(map(str.__contains__, addresses, repeat("@"))):
+            return None
+        # local0, domain0, local1, domain1, ...
         parts = text.replace("\n", "@").split("@")
-        if max(map(len, parts[::2])) > _MAX_LOCAL or max(map(len, addresses)) > _MAX_ADDRESS:
+        longest = max(map(len, addresses))
+        if longest > _MAX_ADDRESS:
+            return None
+        if longest > _MAX_LOCAL + 2 and max(map(len, parts[::2])) > _MAX_LOCAL:
             return None
         changed: dict[str, str] = {}
         for domain in set(parts[1::2]):
@@ -104,7 +110,8 @@ class AddressValidator:
 
     @staticmethod
     def _plain(text: str, count: int) -> bool:
-        """Whether each of the ``count`` lines of ``text`` is ``dot-atom@something``."""
+        """Whether the ``count`` lines of ``text`` hold ``count`` "@" and, around
+        them, only dot-atom characters, no empty part and no misplaced dot."""
         raw = text.encode("ascii")
         return not (
             raw.translate(None, _PLAIN)
@@ -113,7 +120,6 @@ class AddressValidator:
             or raw.startswith((b"@", b"."))
             or raw.endswith(b"@")
             or any(bad in raw for bad in _NOT_DOT_ATOM)
-            or _TWO_ATS.search(raw)
         )
 
     def _domain(self, domain: str) -> str | InvalidAddress:

@@ -56,11 +56,15 @@ class RateLimiter:
         self._last_cut = -math.inf
         self._span = WINDOW + margin
 
-    def reserve(self, k: int = 1) -> float:
-        """Reserve ``k`` permits; returns the time the caller may start."""
+    def reserve(self, k: int = 1, *, lead: float = 0.0) -> float:
+        """Reserve ``k`` permits; returns the time the caller may start.
+
+        The start is at least ``lead`` seconds away, so a caller that prepares
+        its call before the permit has that long even when the limiter is idle.
+        """
         if not 1 <= k <= self.ceiling:
             raise ValueError(f"k must be between 1 and {self.ceiling}")
-        start = max(self._next, self._clock())
+        start = max(self._next, self._clock() + lead)
         start = self._room_for(start, k)
         self._window.append((start, k))
         self._in_window += k

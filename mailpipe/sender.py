@@ -86,7 +86,7 @@ class SenderPool:
         handed: MutableMapping[int, str] | None = None,
         gate: PauseGate | None = None,
         rng: random.Random | None = None,
-        lead: float = 0.010,
+        lead: float = 0.015,
     ) -> None:
         self._transport = transport
         self._limiter = limiter
@@ -135,35 +135,51 @@ class SenderPool:
     async def _dispatch(self) -> None:
         async for chunk in self._jobs:
             self.on_receive(len(chunk))
-            for i in range(0, len(chunk), self.max_batch):
-                await self._submit(chunk[i : i + self.max_batch])
+            await self._submit_all(chunk)
+
+    async def _submit_all(self, jobs: list[Job]) -> None:
+        # While throttling has slowed the limiter, calls shrink with the rate: a
+        # 40-recipient call would never fit an account that takes 20 a second.
+        size = min(self.max_batch, batch_size(self._transport.max_batch, self._limiter.rate))
+        for i in range(0, len(jobs), size):
+            await self._submit(jobs[i : i + size])
 
     async def _submit(self, batch: list[Job]) -> None:
-        """Wait for a slot and permits, then start the call (or drop stopped jobs)."""
+        """Take a slot, compose, wait for the permits, then start the call."""
         batch = await self._live(batch)
         if not batch or await self._held(batch):
             return
         token = object()
         await self._slots.acquire_on_behalf_of(token)
         try:
-            start = self._limiter.reserve(len(batch))
-            # Wake a little early: the worker thread builds the request, then
-            # holds it until the permit (see Transport.send's release_at).
+            # Compose before taking permits: rendering (slow the first time a
+            # content is seen) must not make a call leave after its permit.
+            composed = await trio.to_thread.run_sync(
+                self._compose_all, batch, limiter=self._threads
+            )
+            sendable = sum(1 for c in composed if isinstance(c, Email))
+            now = trio.current_time()
+            start = self._limiter.reserve(sendable, lead=self._lead) if sendable else now
+            # Wake a little early: the worker thread serialises the request,
+            # then holds it until the permit (see Transport.send's release_at).
             await trio.sleep_until(start - self._lead)
-            batch = await self._live(batch)
-            if batch and await self._held(batch):
-                batch = []
+            live = await self._live(batch)
+            if live and await self._held(live):
+                live = []
         except BaseException:
             self._slots.release_on_behalf_of(token)
             raise
-        if not batch:
+        if not live:
             self._slots.release_on_behalf_of(token)
             return
-        for job in batch:
+        if len(live) < len(batch):
+            kept = {job.request_id for job in live}
+            composed = [c for job, c in zip(batch, composed, strict=True) if job.request_id in kept]
+        for job in live:
             self.handed[job.request_id] = job.topic_id
         release_at = time.perf_counter() + (start - trio.current_time()) if self._lead else None
         assert self._workers is not None
-        self._workers.start_soon(self._call, batch, token, release_at)
+        self._workers.start_soon(self._call, live, composed, token, release_at)
 
     async def _held(self, batch: list[Job]) -> bool:
         """While the account cannot send, give the rows back (they stay pending,
@@ -177,18 +193,25 @@ class SenderPool:
     async def _live(self, batch: list[Job]) -> list[Job]:
         live = [job for job in batch if not self.stops.stopped(job.topic_id, job.request_id)]
         if len(live) < len(batch):
-            dead = [job for job in batch if job not in live]
+            kept = {job.request_id for job in live}
+            dead = [job for job in batch if job.request_id not in kept]
             self._metrics.stopped.inc(len(dead))
             await self._emit([Outcome(j.request_id, Status.STOPPED, error="stopped") for j in dead])
         return live
 
-    async def _call(self, batch: list[Job], token: object, release_at: float | None) -> None:
+    async def _call(
+        self,
+        batch: list[Job],
+        composed: list[Email | SendResult],
+        token: object,
+        release_at: float | None,
+    ) -> None:
         self.in_flight += 1
         self._metrics.in_flight.inc()
         start = trio.current_time()
         try:
             results = await trio.to_thread.run_sync(
-                self._send_blocking, batch, release_at, limiter=self._threads
+                self._send_blocking, composed, release_at, limiter=self._threads
             )
         finally:
             self._slots.release_on_behalf_of(token)
@@ -197,21 +220,27 @@ class SenderPool:
         self._metrics.call_seconds.observe(trio.current_time() - start)
         await self._settle(batch, results)
 
-    def _send_blocking(self, batch: Sequence[Job], release_at: float | None) -> list[SendResult]:
-        emails: list[Email] = []
-        early: dict[int, SendResult] = {}
-        for i, job in enumerate(batch):
+    def _compose_all(self, batch: Sequence[Job]) -> list[Email | SendResult]:
+        """Each job's email, or the result of failing to compose it (runs in a thread)."""
+        composed: list[Email | SendResult] = []
+        for job in batch:
             try:
-                emails.append(self._composer.compose(job))
+                composed.append(self._composer.compose(job))
             except (ValueError, SendError) as exc:
                 error = (
                     exc
                     if isinstance(exc, SendError)
                     else PermanentSendError("ComposeError", str(exc))
                 )
-                early[i] = SendResult(error=error)
+                composed.append(SendResult(error=error))
+        return composed
+
+    def _send_blocking(
+        self, composed: Sequence[Email | SendResult], release_at: float | None
+    ) -> list[SendResult]:
+        emails = [c for c in composed if isinstance(c, Email)]
         sent = iter(self._transport.send(emails, release_at) if emails else [])
-        return [early[i] if i in early else next(sent) for i in range(len(batch))]
+        return [c if isinstance(c, SendResult) else next(sent) for c in composed]
 
     async def _settle(self, batch: list[Job], results: list[SendResult]) -> None:
         outcomes: list[Outcome] = []
@@ -272,8 +301,7 @@ class SenderPool:
             await trio.sleep(delay)
         finally:
             self.waiting_retries -= len(jobs)
-        for i in range(0, len(jobs), self.max_batch):
-            await self._submit(jobs[i : i + self.max_batch])
+        await self._submit_all(jobs)
 
     async def _emit(self, outcomes: list[Outcome]) -> None:
         # Shielded: once a call returned, its outcome must reach the recorder.

@@ -388,7 +388,7 @@ def sns_load(svc: Service, host: str, certs: Path, seconds: float) -> float | No
     n = int(seconds * 800)
     bodies = []
     for i in range(n):
-        rid, message_id, to = rows[i % len(rows)]
+        _rid, message_id, to = rows[i % len(rows)]
         event = {"eventType": "Delivery", "mail": {"messageId": message_id, "destination": [to],
                  "timestamp": "2026-01-01T00:00:00.000Z", "source": "bench@example.com"},
                  "delivery": {"recipients": [to], "timestamp": "2026-01-01T00:00:01.000Z",

@@ -7,7 +7,7 @@ measurement. A run is timed from the first byte sent to the 200 received, so
 it covers the upload, JSON parsing, validation of every address and the one
 committing transaction. Prints each run and the median::
 
-    python scripts/ingest_bench.py                 # 100,000 recipients, 5 runs
+    python scripts/ingest_bench.py                 # 100,000 recipients, 7 runs
     python scripts/ingest_bench.py --recipients 20000 --runs 3
 """
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print recipients per second."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as tmp:
         proc, url = start_service(Path(tmp), max(args.recipients, 100_000))

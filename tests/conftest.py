@@ -63,7 +63,9 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
-def ses_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, **env: Any) -> Config:
+def ses_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, **env: Any
+) -> Config:
     """A config sending through the SES transport to ``endpoint`` (a FakeSES URL)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

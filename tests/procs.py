@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from conftest import API_KEY
 
 READY = re.compile(r"mailpipe ready on (http://\S+):")
@@ -39,7 +38,8 @@ class ServiceProcess:
         self.lines: list[tuple[float, str]] = []
         self.url = ""
         self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(30):
             self.proc.kill()
             raise RuntimeError("service did not start:\n" + self.log())
@@ -66,9 +66,13 @@ class ServiceProcess:
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit; its status."""
         try:
-            return self.proc.wait(timeout)
+            status = self.proc.wait(timeout)
         finally:
             self.client.close()
+        self._reader.join(5)  # the pipe ends with the process
+        if not self._reader.is_alive() and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return status
 
     def stop(self) -> int:
         """SIGTERM and wait (used in cleanup)."""

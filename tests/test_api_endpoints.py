@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import api_client, make_config, running_service, ses_config
 from fake_ses import FakeSES, Received
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import api_client, make_config, running_service, ses_config
 from mailpipe.http.openapi import spec
 from mailpipe.store import NewMessage
-from mailpipe.store.idempotency import IdempotencyKey
+from mailpipe.store.idempotency import IdempotencyKey, KeyReused
 from mailpipe.timeutil import utcnow
 
 SCHEDULE_AHEAD = float(os.environ.get("MAILPIPE_TEST_SCHEDULE_AHEAD", "2"))
@@ -38,13 +38,24 @@ def rfc3339(moment: datetime) -> str:
 
 
 def send(topic: str, emails: list[str], **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"topicId": topic, "emails": emails, "subject": "Hi",
-                          "content": "<p>Hello</p>", **extra}]}
+    return {
+        "messages": [
+            {
+                "topicId": topic,
+                "emails": emails,
+                "subject": "Hi",
+                "content": "<p>Hello</p>",
+                **extra,
+            }
+        ]
+    }
 
 
 async def until(check: Callable[[], Awaitable[bool]], interval: float = 0.02) -> None:
     """Poll ``check`` until true (bounded by the caller's ``fail_after``)."""
-    while not await check():
+    while True:
+        if await check():
+            return
         await trio.sleep(interval)
 
 
@@ -120,8 +131,11 @@ async def test_sent_counts_default_to_24_hours_and_accept_168(tmp_path: Path) ->
     config = make_config(tmp_path, EMAIL_RATE=100)
     with trio.fail_after(15):
         async with running_service(config) as svc, api_client(svc) as client:
-            assert (await client.post("/v1/messages", json=send("c", ["a@example.com",
-                                                                       "b@example.com"]))).is_success
+            assert (
+                await client.post(
+                    "/v1/messages", json=send("c", ["a@example.com", "b@example.com"])
+                )
+            ).is_success
             await until(lambda: _sent(client, "c", 2))
             before = utcnow()
             default = (await client.get("/v1/events/counts/sent")).json()
@@ -147,19 +161,29 @@ async def test_delete_stops_fifty_recipients_scheduled_two_minutes_ahead(tmp_pat
     later = rfc3339(utcnow() + timedelta(minutes=2))
     with trio.fail_after(15):
         async with running_service(make_config(tmp_path)) as svc, api_client(svc) as client:
-            assert (await client.post("/v1/messages", json=send("stop", emails,
-                                                                scheduledAt=later))).is_success
+            assert (
+                await client.post("/v1/messages", json=send("stop", emails, scheduledAt=later))
+            ).is_success
             response = await client.delete("/v1/topics/stop")
             counts = await stats(client, "stop")
             again = await client.delete("/v1/topics/stop")
             # A send posted after the stop is a new one: it is not stopped.
-            assert (await client.post("/v1/messages", json=send("stop", ["new@example.com"],
-                                                                scheduledAt=later))).is_success
+            assert (
+                await client.post(
+                    "/v1/messages", json=send("stop", ["new@example.com"], scheduledAt=later)
+                )
+            ).is_success
             after = await stats(client, "stop")
             unknown = await client.delete("/v1/topics/never-posted")
     assert response.status_code == 200 and response.json() == {"stopped": 50}
-    assert counts == {"total": 50, "created": 0, "processing": 0, "sent": 0, "failed": 0,
-                      "stopped": 50}
+    assert counts == {
+        "total": 50,
+        "created": 0,
+        "processing": 0,
+        "sent": 0,
+        "failed": 0,
+        "stopped": 50,
+    }
     assert again.json() == {"stopped": 0}
     assert after["stopped"] == 50 and after["created"] == 1
     assert unknown.json() == {"stopped": 0}
@@ -229,8 +253,11 @@ async def test_a_scheduled_send_goes_out_within_a_second_after_its_time(tmp_path
         async with running_service(config) as svc, api_client(svc) as client:
             due = utcnow() + timedelta(seconds=SCHEDULE_AHEAD)
             started = trio.current_time()
-            assert (await client.post("/v1/messages", json=send(
-                "later", ["a@example.com"], scheduledAt=rfc3339(due)))).is_success
+            assert (
+                await client.post(
+                    "/v1/messages", json=send("later", ["a@example.com"], scheduledAt=rfc3339(due))
+                )
+            ).is_success
             for check in sorted({min(1.5, SCHEDULE_AHEAD - 0.5), SCHEDULE_AHEAD - 0.5}):
                 await trio.sleep_until(started + check)  # checking absence: nothing to wait on
                 assert (await stats(client, "later"))["sent"] == 0, f"sent before {check}s"
@@ -249,8 +276,12 @@ async def test_a_send_scheduled_an_hour_ago_goes_out_at_once(tmp_path: Path) -> 
         async with running_service(config) as svc, api_client(svc) as client:
             past = rfc3339(utcnow() - timedelta(hours=1))
             posted = trio.current_time()
-            assert (await client.post("/v1/messages", json=send(
-                "past", ["a@example.com", "b@example.com"], scheduledAt=past))).is_success
+            assert (
+                await client.post(
+                    "/v1/messages",
+                    json=send("past", ["a@example.com", "b@example.com"], scheduledAt=past),
+                )
+            ).is_success
             await until(lambda: _sent(client, "past", 2))
             took = trio.current_time() - posted
     assert took < 1.0
@@ -269,20 +300,32 @@ async def test_topic_stats_count_every_status_including_processing(
         with trio.fail_after(20):
             async with running_service(config) as svc, api_client(svc) as client:
                 post = client.post
-                assert (await post("/v1/messages", json=send(
-                    "all", ["x1@example.com", "x2@example.com"], scheduledAt=later))).is_success
+                assert (
+                    await post(
+                        "/v1/messages",
+                        json=send("all", ["x1@example.com", "x2@example.com"], scheduledAt=later),
+                    )
+                ).is_success
                 assert (await client.delete("/v1/topics/all")).json() == {"stopped": 2}
-                assert (await post("/v1/messages", json=send(
-                    "all", ["c1@example.com", "c2@example.com", "c3@example.com"],
-                    scheduledAt=later))).is_success
+                assert (
+                    await post(
+                        "/v1/messages",
+                        json=send(
+                            "all",
+                            ["c1@example.com", "c2@example.com", "c3@example.com"],
+                            scheduledAt=later,
+                        ),
+                    )
+                ).is_success
                 now = ["reject@example.com"] + [f"ok{i}@example.com" for i in range(6)]
                 assert (await post("/v1/messages", json=send("all", now))).is_success
                 seen: dict[str, int] = {}
 
                 async def every_status() -> bool:
                     seen.update(await stats(client, "all"))
-                    return all(seen[s] > 0 for s in ("created", "processing", "sent", "failed",
-                                                     "stopped"))
+                    return all(
+                        seen[s] > 0 for s in ("created", "processing", "sent", "failed", "stopped")
+                    )
 
                 await until(every_status)
                 assert len(ses.received) >= 1
@@ -315,8 +358,9 @@ async def test_metrics_are_prometheus_text_with_mailpipe_names(tmp_path: Path) -
     with trio.fail_after(15):
         async with running_service(config) as svc, api_client(svc, None) as client:
             async with api_client(svc) as keyed:
-                assert (await keyed.post("/v1/messages", json=send("m", ["a@example.com"]))
-                        ).is_success
+                assert (
+                    await keyed.post("/v1/messages", json=send("m", ["a@example.com"]))
+                ).is_success
                 await until(lambda: _sent(keyed, "m", 1))
             response = await client.get("/metrics")
     assert response.status_code == 200
@@ -360,8 +404,9 @@ async def test_idempotency_key_replays_the_first_answer_and_stores_nothing(
             first = await client.post("/v1/messages", json=body, headers=headers)
             second = await client.post("/v1/messages", json=body, headers=headers)
             third = await client.post("/v1/messages", json=body, headers=headers)
-            other_key = await client.post("/v1/messages", json=body,
-                                          headers={"Idempotency-Key": "order-43"})
+            other_key = await client.post(
+                "/v1/messages", json=body, headers={"Idempotency-Key": "order-43"}
+            )
             no_key = await client.post("/v1/messages", json=body)
             db = svc.config.db_path
             assert request_counts(db) == 6
@@ -378,8 +423,11 @@ async def test_idempotency_key_with_a_different_body_is_409(tmp_path: Path) -> N
     with trio.fail_after(10):
         async with running_service(make_config(tmp_path)) as svc, api_client(svc) as client:
             first = await client.post("/v1/messages", json=first_body, headers=headers)
-            other = await client.post("/v1/messages", headers=headers, json=send(
-                "idem", ["b@example.com"], scheduledAt="2099-01-01T00:00:00Z"))
+            other = await client.post(
+                "/v1/messages",
+                headers=headers,
+                json=send("idem", ["b@example.com"], scheduledAt="2099-01-01T00:00:00Z"),
+            )
             invalid = await client.post("/v1/messages", headers=headers, json={"messages": []})
             assert request_counts(svc.config.db_path) == 1
     assert first.status_code == 200
@@ -395,8 +443,11 @@ async def test_identical_idempotent_requests_racing_store_once(tmp_path: Path) -
         async with running_service(make_config(tmp_path)) as svc, api_client(svc) as client:
 
             async def post() -> None:
-                answers.append(await client.post("/v1/messages", json=body,
-                                                 headers={"Idempotency-Key": "same"}))
+                answers.append(
+                    await client.post(
+                        "/v1/messages", json=body, headers={"Idempotency-Key": "same"}
+                    )
+                )
 
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
@@ -414,10 +465,12 @@ async def test_idempotency_key_empty_or_over_255_characters_is_400(
     body = send("idem", ["a@example.com"])
     with trio.fail_after(10):
         async with running_service(make_config(tmp_path)) as svc, api_client(svc) as client:
-            response = await client.post("/v1/messages", json=body,
-                                         headers={"Idempotency-Key": key})
-            longest = await client.post("/v1/messages", json=body,
-                                        headers={"Idempotency-Key": "k" * 255})
+            response = await client.post(
+                "/v1/messages", json=body, headers={"Idempotency-Key": key}
+            )
+            longest = await client.post(
+                "/v1/messages", json=body, headers={"Idempotency-Key": "k" * 255}
+            )
             assert request_counts(svc.config.db_path) == 1
     assert response.status_code == 400 and "Idempotency-Key" in response.json()["error"]
     assert longest.status_code == 200
@@ -441,6 +494,24 @@ async def test_idempotency_keys_older_than_24_hours_are_ignored_and_pruned(
     assert fresh.count == 1 and replay.count == 0
     assert len(keys) == 1 and keys[0][0] == "reused"
     assert keys[0][1].startswith(now.strftime("%Y-%m-%d"))
+
+
+async def test_a_key_reused_with_another_body_inside_the_transaction_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """The atomic check (what a request racing past the early check meets)."""
+    message = NewMessage("k", "Hi", "<p>Hi</p>", ["a@example.com", "b@example.com"])
+    first = IdempotencyKey("k", hashlib.sha256(b"one").hexdigest(), lambda n: {"count": n})
+    other = IdempotencyKey("k", hashlib.sha256(b"two").hexdigest(), lambda n: {"count": n})
+    with trio.fail_after(10):
+        async with running_service(make_config(tmp_path)) as svc:
+            await svc.store.insert_messages([message], utcnow(), key=first)
+            with pytest.raises(KeyReused):
+                await svc.store.insert_messages([message], utcnow(), key=other)
+            # The writer connection is not left inside the failed transaction.
+            after = await svc.store.insert_messages([message], utcnow())
+            assert request_counts(svc.config.db_path) == 4
+    assert after.count == 2
 
 
 # -- content of what is sent ---------------------------------------------------------

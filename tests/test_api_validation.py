@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-
 from conftest import api_client, make_config, running_service
 
 LATER = "2099-01-01T00:00:00Z"  # seeded rows stay put while the test runs
@@ -50,8 +49,15 @@ class Poster:
         self.client = client
         self.db = db
 
-    async def refused(self, status: int, *, json: Any = None, content: bytes | None = None,
-                      path: str = "/v1/messages", method: str = "POST") -> str:
+    async def refused(
+        self,
+        status: int,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        path: str = "/v1/messages",
+        method: str = "POST",
+    ) -> str:
         """Send the request; assert ``status``, a JSON error, and no new rows. The error."""
         before = row_counts(self.db)
         if content is not None:
@@ -117,8 +123,18 @@ async def test_blank_content_is_400(tmp_path: Path, blank: str) -> None:
     assert "content" in error
 
 
-@pytest.mark.parametrize("bad", ["not-an-address", "ann@", "@example.com", "a b@example.com",
-                                 "ann@example..com", "ann@-example.com", "ann..x@example.com"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not-an-address",
+        "ann@",
+        "@example.com",
+        "a b@example.com",
+        "ann@example..com",
+        "ann@-example.com",
+        "ann..x@example.com",
+    ],
+)
 async def test_one_bad_address_among_good_ones_is_400_naming_it(tmp_path: Path, bad: str) -> None:
     emails = [f"good{i}@example.com" for i in range(50)] + [bad] + ["last@example.com"]
     with trio.fail_after(10):
@@ -156,8 +172,17 @@ async def test_topic_id_with_control_characters_is_400(tmp_path: Path, topic: st
 
 
 @pytest.mark.parametrize(
-    "when", ["tomorrow", "2025-13-01T00:00:00Z", "2025-01-01 00:00:00", "2025-01-01T00:00:00",
-             "2025-02-30T10:00:00Z", "1735689600", 1735689600, ["2025-01-01T00:00:00Z"]]
+    "when",
+    [
+        "tomorrow",
+        "2025-13-01T00:00:00Z",
+        "2025-01-01 00:00:00",
+        "2025-01-01T00:00:00",
+        "2025-02-30T10:00:00Z",
+        "1735689600",
+        1735689600,
+        ["2025-01-01T00:00:00Z"],
+    ],
 )
 async def test_bad_scheduled_at_is_400(tmp_path: Path, when: Any) -> None:
     with trio.fail_after(10):
@@ -214,10 +239,18 @@ async def test_wrong_method_is_a_json_405(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [[], "text", {"messages": "x"}, {"messages": [1]}, {"messages": [message(topicId=7)]},
-     {"messages": [message(emails=["a@example.com", 7])]},
-     {"messages": [message(emails="a@example.com")]}, {"messages": [message(subject=["x"])]},
-     {"messages": [message(topicId="   ")]}, {"messages": [message(subject="x" * 999)]}],
+    [
+        [],
+        "text",
+        {"messages": "x"},
+        {"messages": [1]},
+        {"messages": [message(topicId=7)]},
+        {"messages": [message(emails=["a@example.com", 7])]},
+        {"messages": [message(emails="a@example.com")]},
+        {"messages": [message(subject=["x"])]},
+        {"messages": [message(topicId="   ")]},
+        {"messages": [message(subject="x" * 999)]},
+    ],
 )
 async def test_wrong_shapes_are_400(tmp_path: Path, body: Any) -> None:
     with trio.fail_after(10):
@@ -239,3 +272,38 @@ async def test_three_spellings_of_one_address_store_one_row(tmp_path: Path) -> N
                     "SELECT \"to\" FROM email_requests WHERE topic_id = 'once'"
                 ).fetchall()
     assert stored == [("ann@example.com",)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"messages": [{"topicId": "t\\ud800", "emails": ["a@example.com"], "subject": "s",'
+        b' "content": "c"}]}',
+        b'{"messages": [{"topicId": "t", "emails": ["a@example.com"], "subject": "\\uDFFF",'
+        b' "content": "c"}]}',
+        b"[" * 100_000,
+        '{"messages": [{"topicId": "caf\u00e9"}]}'.encode("latin-1"),
+        '{"messages": []}'.encode("utf-16"),
+    ],
+    ids=["lone-surrogate-topic", "lone-surrogate-subject", "deep-nesting", "latin-1", "utf-16"],
+)
+async def test_text_that_is_not_utf8_json_is_400(tmp_path: Path, body: bytes) -> None:
+    with trio.fail_after(10):
+        async with poster(tmp_path) as p:
+            error = await p.refused(400, content=body)
+    assert "malformed JSON" in error
+
+
+async def test_a_valid_surrogate_pair_is_text(tmp_path: Path) -> None:
+    body = (
+        b'{"messages": [{"topicId": "\\ud83d\\ude00", "emails": ["a@example.com"],'
+        b' "subject": "s", "content": "c", "scheduledAt": "2099-01-01T00:00:00Z"}]}'
+    )
+    with trio.fail_after(10):
+        async with poster(tmp_path) as p:
+            response = await p.client.post(
+                "/v1/messages", content=body, headers={"content-type": "application/json"}
+            )
+            stats = (await p.client.get("/v1/topics/\U0001f600")).json()
+    assert response.status_code == 200
+    assert stats["request"]["total"] == 1

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import collections
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from fake_ses import FakeSES
-
 from conftest import api_client, running_service, ses_config
+from fake_ses import FakeSES
 
 
 def rows(tmp_path: Path) -> list[tuple[Any, ...]]:
@@ -49,7 +49,9 @@ async def test_throttling_storm_delivers_everything_and_fails_nothing(
     assert stats["sent"] == 240 and stats["failed"] == 0
     assert throttled > 0  # the storm really happened
     assert collections.Counter(m.to[0] for m in ses.received) == dict.fromkeys(emails, 1)
-    assert f"mailpipe_throttled_total {float(throttled)}" in metrics
+    # Each throttled call counts its recipients.
+    counted = re.search(r"^mailpipe_throttled_total (\S+)$", metrics, re.M)
+    assert counted is not None and float(counted.group(1)) >= throttled
 
 
 async def test_a_fifth_of_calls_failing_delivers_everything(
@@ -57,12 +59,13 @@ async def test_a_fifth_of_calls_failing_delivers_everything(
 ) -> None:
     emails = [f"e{i}@example.com" for i in range(150)]
     with FakeSES(error_every=5) as ses:
-        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=50)
+        # 20/s: bulk calls of 20 recipients, so the 150 take several calls.
+        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=20)
         with trio.fail_after(60):
             async with running_service(config) as svc, api_client(svc) as client:
                 stats = await send_and_settle(client, "flaky", emails)
     assert stats["sent"] == 150 and stats["failed"] == 0
-    assert ses.stats()["errors"] >= 30
+    assert ses.stats()["errors"] >= 1
     assert sorted(m.to[0] for m in ses.received) == sorted(emails)
     retried = [r for r in rows(tmp_path) if r[3] > 1]
     assert retried  # attempts are recorded per request
@@ -72,14 +75,14 @@ async def test_dropped_connections_are_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emails = [f"d{i}@example.com" for i in range(40)]
-    with FakeSES(drop_every=4) as ses:
-        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=50)
+    with FakeSES(drop_every=2) as ses:
+        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=10)
         with trio.fail_after(60):
             async with running_service(config) as svc, api_client(svc) as client:
                 stats = await send_and_settle(client, "drops", emails)
                 metrics = (await client.get("/metrics")).text
     assert stats["sent"] == 40 and stats["failed"] == 0
-    assert ses.stats()["dropped"] >= 10
+    assert ses.stats()["dropped"] >= 2
     # SES has no idempotency token: a dropped reply may hide a send. Counted.
     assert "mailpipe_retried_maybe_sent_total 0.0" not in metrics
 

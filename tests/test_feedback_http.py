@@ -391,13 +391,17 @@ async def test_oversized_body_is_refused(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with feedback_service(tmp_path) as h:
             big = encode({"Type": "Notification", "Message": "x" * 1_100_000})
-            for content in (big, chunks()):
-                # One connection each: hypercorn stalls a kept-alive connection whose
-                # previous request body was refused unread (any early 413, not only here).
-                async with httpx.AsyncClient(base_url=h.svc.url) as client:
-                    response = await client.post("/v1/events/results", content=content)
-                assert response.status_code == 413
-                assert "error" in response.json()
+            stream = chunks()
+            try:
+                for content in (big, stream):
+                    # One connection each: hypercorn stalls a kept-alive connection whose
+                    # previous request body was refused unread (any early 413, not only here).
+                    async with httpx.AsyncClient(base_url=h.svc.url) as client:
+                        response = await client.post("/v1/events/results", content=content)
+                    assert response.status_code == 413
+                    assert "error" in response.json()
+            finally:
+                await stream.aclose()  # the server refused it before reading it all
             assert h.count("email_results") == 0
 
 

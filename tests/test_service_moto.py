@@ -9,11 +9,10 @@ from pathlib import Path
 import boto3
 import pytest
 import trio
+from conftest import api_client, make_config, running_service
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 from moto.ses.models import ses_backends
-
-from conftest import api_client, make_config, running_service
 from test_service_outbox import wait_for_sent
 
 

@@ -7,7 +7,6 @@ import email.policy
 from pathlib import Path
 
 import trio
-
 from conftest import api_client, make_config, running_service
 
 

@@ -19,6 +19,8 @@ from trackingkit import SERVER_HOST, Delivered, Harness, tracking_service
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import ConfigError
 from mailpipe.service import run_service
+from mailpipe.store import NewMessage, open_store
+from mailpipe.timeutil import utcnow
 
 ANN, BOB = "ann@example.com", "bob@example.com"
 LINK = "https://shop.example.com/sale?item=7&ref=mail%2Fspring#top"
@@ -349,3 +351,20 @@ async def test_a_configured_tracking_secret_is_used_as_given(tmp_path: Path) -> 
     assert not (tmp_path / "data" / "tracking_secret").exists()
     with trio.fail_after(20), pytest.raises(ConfigError, match="TRACKING_SECRET"):
         await run_service(make_config(tmp_path, TRACKING_SECRET="short"), handle_signals=False)
+
+
+async def test_results_for_unknown_requests_are_not_stored(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_store(tmp_path / "app.db") as store:
+            await store.insert_messages([NewMessage("t", "s", "c", [ANN])], utcnow())
+            assert not await store.record_result(999, "Open", "{}", utcnow())
+            assert not await store.unsubscribe(999, "one-click", "{}", utcnow())
+            assert await store.recipient_of(999) is None
+            assert await store.recipient_of(1) == ANN
+            assert await store.unsubscribe(1, "one-click", "{}", utcnow())
+            assert not await store.unsubscribe(1, "one-click", "{}", utcnow())  # already
+            suppression = await store.get_suppression(ANN.upper())
+            assert suppression is not None
+            assert (suppression.reason, suppression.request_id) == ("unsubscribe", 1)
+            stats = await store.topic_stats("t")
+    assert stats["result"] == {"statuses": {"Unsubscribe": 1}}

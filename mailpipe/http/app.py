@@ -9,6 +9,7 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from quart import Response, current_app, jsonify, request
+from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -55,6 +56,8 @@ def create_app(svc: Service) -> QuartTrio:
     app = QuartTrio("mailpipe")
     app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
+    if isinstance(app.json, DefaultJSONProvider):  # keep the seed's field order
+        app.json.sort_keys = False
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions["mailpipe"] = svc
     app.register_blueprint(api.bp)

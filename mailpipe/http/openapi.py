@@ -51,7 +51,6 @@ TOPIC_ID: Final = {
     "schema": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 255,
         "pattern": "^[^/\\x00-\\x1f\\x7f]+$",
     },
 }
@@ -130,9 +129,12 @@ SCHEMAS: Final[Json] = {
                 "description": "Plain-text part; derived from the HTML when absent",
             },
             "scheduledAt": {
-                "type": "string",
-                "format": "date-time",
-                "description": "RFC 3339 with offset; in the past means now",
+                "anyOf": [
+                    {"type": "string", "format": "date-time"},
+                    {"type": "string", "maxLength": 0},
+                    {"type": "null"},
+                ],
+                "description": "RFC 3339 with offset; in the past, empty or null means now",
             },
             "trackOpens": {"type": "boolean", "default": True},
             "trackClicks": {"type": "boolean", "default": True},

@@ -34,6 +34,7 @@ async def open_transport(config: Config) -> AsyncIterator[tuple[Transport, float
             make_client, config.aws_region, config.max_concurrent
         )
         transport = SesTransport(client, config_set=config.ses_config_set)
+        await trio.to_thread.run_sync(transport.warm_up, config.email_sender or "warm-up@localhost")
         log.info(
             "transport: ses (%s), region %s, sender %s",
             config.transport_reason,

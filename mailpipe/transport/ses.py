@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.stub import Stubber
 
 from mailpipe.errors import TransientSendError
 from mailpipe.transport import Email, SendResult, hold_until
@@ -59,6 +60,11 @@ BULK_TEMPLATE = {"Subject": "{{subject}}", "Html": "{{html}}", "Text": "{{text}}
 BULK_TEMPLATE_NO_TEXT = {"Subject": "{{subject}}", "Html": "{{html}}"}
 
 
+# A bare HTTP 404 (no AWS error code) means the endpoint lacks the operation;
+# SES's own NotFoundException (an unknown configuration set) is a permanent error.
+UNSUPPORTED_CODES = frozenset({"404", "HTTP404", "UnknownOperationException"})
+
+
 class SesTransport:
     """Sends one email with ``SendEmail`` and up to 50 with one ``SendBulkEmail``.
 
@@ -74,6 +80,7 @@ class SesTransport:
         self.client = client
         self.config_set = config_set
         self._local = threading.local()
+        self.bulk_supported = True
         # Runs in the calling thread after the request is built and signed,
         # right before it goes on the wire: the permit is honoured there.
         client.meta.events.register("before-send.sesv2", self._hold)
@@ -140,6 +147,8 @@ class SesTransport:
         if self.config_set:
             kwargs["ConfigurationSetName"] = self.config_set
         self._local.body = json.dumps(kwargs, ensure_ascii=False).encode()
+        if not self.bulk_supported:
+            return [self._send_one(email) for email in emails]
         try:
             response = self.client.send_bulk_email(
                 FromEmailAddress=kwargs["FromEmailAddress"],
@@ -148,6 +157,12 @@ class SesTransport:
             )
         except Exception as exc:  # the whole call failed: every entry shares the error
             error = classify(exc)
+            if error.code in UNSUPPORTED_CODES:
+                # An SES-compatible endpoint without SendBulkEmail (moto, some
+                # emulators) answers a bare 404: use single sends from now on.
+                log.warning("the SES endpoint has no SendBulkEmail (%s); sending singly", error)
+                self.bulk_supported = False
+                return [self._send_one(email) for email in emails]
             return [SendResult(error=error) for _ in emails]
         finally:
             self._local.body = None
@@ -189,6 +204,30 @@ class SesTransport:
         """The account's sending state and quota (``GetAccount``)."""
         response: dict[str, Any] = dict(self.client.get_account())
         return response
+
+    def warm_up(self, sender: str) -> None:
+        """Build one request of each kind without sending it.
+
+        botocore loads an operation's model, serializer and endpoint rules on
+        its first call (about 80 ms for SendBulkEmail here); done at start-up,
+        the first real call leaves on its permit instead of late.
+        """
+        entry: Any = {"Destination": {"ToAddresses": [sender]}}
+        template: Any = BULK_TEMPLATE
+        with Stubber(self.client) as stub:
+            stub.add_response("send_bulk_email", {"BulkEmailEntryResults": []})
+            stub.add_response("send_email", {"MessageId": "warm-up"})
+            self.client.send_bulk_email(
+                FromEmailAddress=sender,
+                DefaultContent={"Template": {"TemplateContent": template,
+                                             "TemplateData": "{}"}},
+                BulkEmailEntries=[entry],
+            )
+            self.client.send_email(
+                FromEmailAddress=sender,
+                Destination={"ToAddresses": [sender]},
+                Content={"Simple": {"Subject": {"Data": "-"}, "Body": {"Html": {"Data": "-"}}}},
+            )
 
     def account_blocker(self) -> str | None:
         """None when ``GetAccount`` says the account may send, else why not."""
