@@ -71,6 +71,10 @@ class RateLimiter:
         self._next = start + k * self._span / self.rate
         return start
 
+    def pacing(self, *, lead: float = 0.0) -> bool:
+        """Whether the next permit is further away than ``lead`` (the rate binds)."""
+        return self._next > self._clock() + lead
+
     async def acquire(self, k: int = 1) -> None:
         """Wait until ``k`` permits are available and take them."""
         await trio.sleep_until(self.reserve(k))

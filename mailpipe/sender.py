@@ -145,12 +145,23 @@ class SenderPool:
             await self._submit(jobs[i : i + size])
 
     async def _submit(self, batch: list[Job]) -> None:
-        """Take a slot, compose, wait for the permits, then start the call."""
+        """Take a slot, then compose, wait for the permits and start the call."""
         batch = await self._live(batch)
         if not batch or await self._held(batch):
             return
         token = object()
         await self._slots.acquire_on_behalf_of(token)
+        if self._limiter.pacing(lead=self._lead):
+            # The rate binds: one batch at a time, each composed only after the
+            # previous call has left, so rendering in another thread never
+            # competes for the GIL with a call waiting for its permit.
+            await self._prepare_and_start(batch, token, settle_after=True)
+        else:
+            # The rate is far away: compose batches side by side.
+            assert self._workers is not None
+            self._workers.start_soon(self._prepare_and_start, batch, token, False)
+
+    async def _prepare_and_start(self, batch: list[Job], token: object, settle_after: bool) -> None:
         try:
             # Compose before taking permits: rendering (slow the first time a
             # content is seen) must not make a call leave after its permit.
@@ -163,7 +174,7 @@ class SenderPool:
             # Wake a little early: the worker thread serialises the request,
             # then holds it until the permit (see Transport.send's release_at).
             await trio.sleep_until(start - self._lead)
-            live = await self._live(batch)
+            live = [] if self._stopping else await self._live(batch)
             if live and await self._held(live):
                 live = []
         except BaseException:
@@ -180,6 +191,8 @@ class SenderPool:
         release_at = time.perf_counter() + (start - trio.current_time()) if self._lead else None
         assert self._workers is not None
         self._workers.start_soon(self._call, live, composed, token, release_at)
+        if settle_after:
+            await trio.sleep_until(start + 0.002)
 
     async def _held(self, batch: list[Job]) -> bool:
         """While the account cannot send, give the rows back (they stay pending,

@@ -8,6 +8,7 @@ and be recorded, then return every row still PROCESSING to CREATED.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -206,6 +207,10 @@ async def _supervise(
             svc.limiter.rate,
             svc.config.max_concurrent,
         )
+        # Start-up objects (modules, models, botocore's service data) live as
+        # long as the process: keep them out of the collector's way, so a
+        # full collection does not stall a call waiting for its permit.
+        gc.freeze()
         task_status.started(svc)
         await svc.shutdown_requested.wait()
         log.info(
