@@ -182,10 +182,11 @@ def _assemble(
 async def _supervise(
     svc: Service, handle_signals: bool, task_status: trio.TaskStatus[Service]
 ) -> None:
-    aux = [trio.CancelScope() for _ in range(3)]  # signals, reporter, probe: ended last
+    aux = [trio.CancelScope() for _ in range(4)]  # signals, reporter, probe, checkpoints
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_in_scope, aux[0], partial(_watch_signals, svc.request_shutdown))
+        await nursery.start(_in_scope, aux[3], svc.store.run_checkpointer)
         await nursery.start(svc.recorder.run)
         await nursery.start(svc.pool.run)
         await nursery.start(svc.scheduler.run)

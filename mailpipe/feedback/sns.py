@@ -232,6 +232,15 @@ class CertStore:
         self._keys: dict[str, rsa.RSAPublicKey] = {}
         self._lock = threading.Lock()
 
+    def cached(self, url: str) -> bool:
+        """Whether the key for ``url`` is in memory (``get`` then does no I/O)."""
+        try:
+            _, name = _cert_location(url)
+        except SnsRejected:
+            return False
+        with self._lock:
+            return name in self._keys
+
     def get(self, url: str) -> rsa.RSAPublicKey:
         """The RSA public key of the certificate at ``url``, after checking ``url``.
 

@@ -26,6 +26,7 @@ from mailpipe.store import feedback as _feedback
 from mailpipe.store import idempotency as _idempotency
 from mailpipe.store import tracking as _tracking
 from mailpipe.store.feedback import FeedbackOutcome, Suppression, transaction
+from mailpipe.store.group import GroupCommit
 from mailpipe.store.idempotency import IdempotencyKey
 from mailpipe.store.schema import migrate
 from mailpipe.timeutil import from_db, to_db, utcnow
@@ -106,8 +107,12 @@ _ANY_DUE: Final = (
     " AND deleted_at IS NULL LIMIT 1"
 )
 CHECKPOINT_AFTER_ROWS: Final = 10_000
-"""Inserts of this many requests commit without a WAL checkpoint; call
-:meth:`Store.checkpoint` afterwards, off the request's path."""
+"""After an insert of this many requests, call :meth:`Store.checkpoint` (off the
+request's path) rather than wait for the periodic one."""
+CHECKPOINT_INTERVAL: Final = 1.0
+"""Seconds between WAL checkpoints (the writer never checkpoints itself)."""
+INLINE_BATCH: Final = 32
+"""Group-commit batches up to this many small writes run on the event loop."""
 
 _INSERT_REQUESTS: Final = (
     'INSERT INTO email_requests (topic_id, "to", content_id, scheduled_at, status,'
@@ -156,6 +161,20 @@ class _Conn:
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
+    async def run_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the event loop thread (for a few fast statements only).
+
+        A trip to a worker thread costs more than a handful of indexed writes
+        when the loop is busy: the thread waits for the GIL at every statement.
+        """
+        async with self._limiter:
+            try:
+                return fn(self.conn)
+            except sqlite3.Error as exc:
+                if self.conn.in_transaction:
+                    self.conn.rollback()
+                raise StoreError(f"database error: {exc}") from exc
+
 
 class Store:
     """Durable state of requests, contents and results."""
@@ -163,6 +182,7 @@ class Store:
     def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         self._w = _Conn(writer)
         self._r = _Conn(reader)
+        self._group = GroupCommit(self._w.run, inline=self._w.run_inline, inline_max=INLINE_BATCH)
 
     # -- ingest ------------------------------------------------------------
 
@@ -216,15 +236,7 @@ class Store:
             conn.execute("COMMIT")
             return InsertResult(count, due_now, answer)
 
-        def txn_without_checkpoint(conn: sqlite3.Connection) -> InsertResult:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            try:
-                return txn(conn)
-            finally:
-                conn.execute("PRAGMA wal_autocheckpoint=1000")
-
-        large = sum(len(m.emails) for m in messages) >= CHECKPOINT_AFTER_ROWS
-        return await self._w.run(txn_without_checkpoint if large else txn)
+        return await self._w.run(txn)
 
     # -- sending -----------------------------------------------------------
 
@@ -401,8 +413,8 @@ class Store:
     ) -> FeedbackOutcome:
         """Store one verified SES record (results per request, suppressions) in one
         transaction, unless this SNS MessageId was stored before (``duplicate``)."""
-        return await self._w.run(
-            lambda conn: _feedback.record_event(conn, sns_message_id, event, now)
+        return await self._group.write(
+            lambda conn: _feedback.record_event_in_transaction(conn, sns_message_id, event, now)
         )
 
     async def add_suppression(
@@ -462,6 +474,19 @@ class Store:
         """
         return await self._r.run(lambda conn: _idempotency.earlier_answer(conn, key, now))
 
+    async def run_checkpointer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Checkpoint the WAL every ``CHECKPOINT_INTERVAL`` seconds, until cancelled.
+
+        The writer connection never checkpoints on its own (``wal_autocheckpoint=0``):
+        a checkpoint's fsync inside a commit would stall whoever committed.
+        """
+        task_status.started()
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            await self.checkpoint()
+
     async def checkpoint(self) -> None:
         """Copy the write-ahead log into the database (as far as readers allow).
 
@@ -483,6 +508,7 @@ async def open_store(path: Path) -> AsyncIterator[Store]:
     def setup() -> tuple[sqlite3.Connection, sqlite3.Connection]:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = _connect(path)
+        writer.execute("PRAGMA wal_autocheckpoint=0")  # see Store.run_checkpointer
         try:
             old, new = migrate(writer)
         except BaseException:

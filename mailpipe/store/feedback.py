@@ -70,52 +70,59 @@ def record_event(
     conn: sqlite3.Connection, sns_message_id: str, event: SesEvent, now: datetime
 ) -> FeedbackOutcome:
     """Store one verified SES record and its suppressions, once per SNS MessageId."""
-    now_text = to_db(now)
     with transaction(conn):
-        fresh = conn.execute(
-            "INSERT INTO sns_messages (message_id, created_at) VALUES (?, ?)"
-            " ON CONFLICT (message_id) DO NOTHING",
-            (sns_message_id, now_text),
-        ).rowcount
-        if not fresh:
-            return FeedbackOutcome(duplicate=True)  # nothing written; the commit is empty
-        conn.execute(
-            "DELETE FROM sns_messages WHERE created_at < ?", (to_db(now - SNS_DEDUPE_KEEP),)
-        )
-        matches = correlate(conn, event)
-        rows = _result_rows(matches)
-        # A record that matches no request is stored with request_id NULL rather
-        # than dropped: SES only reports mail this account sent (before an
-        # upgrade, by another sender on the configuration set, or before the
-        # message id was recorded), it stays auditable, SNS stops retrying, and
-        # the volume is bounded by our own sends.
-        conn.executemany(
-            "INSERT INTO email_results (request_id, status, raw, created_at, updated_at,"
-            " sns_message_id, ses_message_id, recipient, bounce_type, bounce_subtype)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    rid,
-                    event.event_type,
-                    event.raw,
-                    now_text,
-                    now_text,
-                    sns_message_id,
-                    event.ses_message_id,
-                    rcpt,
-                    event.bounce_type,
-                    event.bounce_subtype,
-                )
-                for rid, rcpt in rows
-            ],
-        )
-        suppressed = 0
-        reason = "complaint" if event.complaint else "bounce" if event.permanent_bounce else None
-        if reason is not None:
-            source = event.ses_message_id or sns_message_id
-            for rid, rcpt in matches:
-                if rcpt is not None:
-                    suppressed += add_suppression(conn, rcpt, reason, source, rid, now)
+        return record_event_in_transaction(conn, sns_message_id, event, now)
+
+
+def record_event_in_transaction(
+    conn: sqlite3.Connection, sns_message_id: str, event: SesEvent, now: datetime
+) -> FeedbackOutcome:
+    """:func:`record_event` inside a transaction the caller opened."""
+    now_text = to_db(now)
+    fresh = conn.execute(
+        "INSERT INTO sns_messages (message_id, created_at) VALUES (?, ?)"
+        " ON CONFLICT (message_id) DO NOTHING",
+        (sns_message_id, now_text),
+    ).rowcount
+    if not fresh:
+        return FeedbackOutcome(duplicate=True)  # nothing written; the commit is empty
+    conn.execute(
+        "DELETE FROM sns_messages WHERE created_at < ?", (to_db(now - SNS_DEDUPE_KEEP),)
+    )
+    matches = correlate(conn, event)
+    rows = _result_rows(matches)
+    # A record that matches no request is stored with request_id NULL rather
+    # than dropped: SES only reports mail this account sent (before an
+    # upgrade, by another sender on the configuration set, or before the
+    # message id was recorded), it stays auditable, SNS stops retrying, and
+    # the volume is bounded by our own sends.
+    conn.executemany(
+        "INSERT INTO email_results (request_id, status, raw, created_at, updated_at,"
+        " sns_message_id, ses_message_id, recipient, bounce_type, bounce_subtype)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                rid,
+                event.event_type,
+                event.raw,
+                now_text,
+                now_text,
+                sns_message_id,
+                event.ses_message_id,
+                rcpt,
+                event.bounce_type,
+                event.bounce_subtype,
+            )
+            for rid, rcpt in rows
+        ],
+    )
+    suppressed = 0
+    reason = "complaint" if event.complaint else "bounce" if event.permanent_bounce else None
+    if reason is not None:
+        source = event.ses_message_id or sns_message_id
+        for rid, rcpt in matches:
+            if rcpt is not None:
+                suppressed += add_suppression(conn, rcpt, reason, source, rid, now)
     return FeedbackOutcome(
         results=len(rows), matched=sum(rid is not None for rid, _ in rows), suppressed=suppressed
     )

@@ -1,0 +1,89 @@
+"""Group commit: many small writes from concurrent requests, one transaction.
+
+SES feedback arrives as many small concurrent POSTs, each of which must be
+durable before it is answered. Committing each in its own transaction made the
+single writer connection the bottleneck. Here the first writer to get the lock
+commits everything queued so far in one transaction; each write runs in its own
+savepoint, so one failing write fails alone and the others still commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from mailpipe.errors import MailpipeError, StoreError
+
+T = TypeVar("T")
+Write = Callable[[sqlite3.Connection], Any]
+Runner = Callable[[Callable[[sqlite3.Connection], None]], Awaitable[None]]
+
+
+class _Slot(Generic[T]):
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Runs ``write`` functions on the writer connection, batched into transactions."""
+
+    def __init__(self, run: Runner, *, inline: Runner | None = None, inline_max: int = 0) -> None:
+        self._run = run
+        self._inline = inline
+        self._inline_max = inline_max
+        self._pending: list[tuple[Write, _Slot[Any]]] = []
+        self._lock = trio.Lock()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside a transaction shared with concurrent writes; its result."""
+        slot: _Slot[T] = _Slot()
+        self._pending.append((fn, slot))
+        async with self._lock:
+            if not slot.done:
+                batch, self._pending = self._pending, []
+                # Shielded: once taken from the queue, a batch runs to the end,
+                # or the other writers in it would wait forever.
+                small = self._inline is not None and len(batch) <= self._inline_max
+                run = self._inline if small and self._inline is not None else self._run
+                with trio.CancelScope(shield=True):
+                    await run(partial(_apply, batch))
+        if slot.error is not None:
+            raise slot.error
+        return slot.value  # type: ignore[return-value]
+
+
+def _apply(batch: list[tuple[Write, _Slot[Any]]], conn: sqlite3.Connection) -> None:
+    values: list[Any] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, slot in batch:
+            conn.execute("SAVEPOINT write")
+            try:
+                values.append(fn(conn))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO write")
+                slot.error = exc if isinstance(exc, MailpipeError) else StoreError(
+                    f"database error: {exc}"
+                )
+                values.append(None)
+            conn.execute("RELEASE write")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.rollback()
+        for _, slot in batch:
+            slot.error = slot.error or StoreError(f"database error: {exc}")
+    else:
+        for (_, slot), value in zip(batch, values, strict=True):
+            slot.value = value
+    finally:
+        for _, slot in batch:
+            slot.done = True
