@@ -353,10 +353,20 @@ def bench_http(fake: Fake, seconds: float) -> dict[str, float | None]:
             wait_until(lambda: svc.stats("http")["sent"] >= 200, timeout=30)
             host = svc.url.removeprefix("http://")
             n = int(seconds * 3000)
-            health = http_load(svc.url, [raw_request("GET", "/health", host)] * n, seconds)
-            pixel = pixel_load(svc, host, n, seconds)
-            sns = sns_load(svc, host, Path(certs), seconds)
+            # Best of two runs each, interleaved: one run is at the mercy of
+            # whatever else the machine does for those seconds.
+            health, pixel, sns = 0.0, None, None
+            for _ in range(2):
+                health = max(health, http_load(
+                    svc.url, [raw_request("GET", "/health", host)] * n, seconds))
+                pixel = best(pixel, pixel_load(svc, host, n, seconds))
+                sns = best(sns, sns_load(svc, host, Path(certs), seconds))
     return {"health_per_s": health, "pixel_per_s": pixel, "sns_events_per_s": sns}
+
+
+def best(a: float | None, b: float | None) -> float | None:
+    """The larger of two measurements, None when neither was taken."""
+    return None if a is None and b is None else max(x for x in (a, b) if x is not None)
 
 
 def request_ids(svc: Service) -> list[tuple[int, str, str]]:
