@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 from feedbackkit import TOPIC, Harness, Sent, feedback_service, ses_record
@@ -384,25 +382,39 @@ async def test_certificates_not_cached_are_fetched_once_through_the_injected_get
 
 
 async def test_oversized_body_is_refused(tmp_path: Path) -> None:
-    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
-        for _ in range(20):
-            yield b"x" * 100_000
-
+    # Raw sockets: the server answers 413 before reading the body, and an HTTP
+    # client left holding an unsent body warns about it when collected.
     with trio.fail_after(30):
         async with feedback_service(tmp_path) as h:
             big = encode({"Type": "Notification", "Message": "x" * 1_100_000})
-            stream = chunks()
-            try:
-                for content in (big, stream):
-                    # One connection each: hypercorn stalls a kept-alive connection whose
-                    # previous request body was refused unread (any early 413, not only here).
-                    async with httpx.AsyncClient(base_url=h.svc.url) as client:
-                        response = await client.post("/v1/events/results", content=content)
-                    assert response.status_code == 413
-                    assert "error" in response.json()
-            finally:
-                await stream.aclose()  # the server refused it before reading it all
+            head = f"Content-Length: {len(big)}"
+            assert await post_raw(h.svc.url, "/v1/events/results", head, [big]) == 413
+            # No Content-Length: the body is counted as it arrives.
+            chunks = [b"%x\r\n%s\r\n" % (100_000, b"x" * 100_000)] * 20 + [b"0\r\n\r\n"]
+            head = "Transfer-Encoding: chunked"
+            assert await post_raw(h.svc.url, "/v1/events/results", head, chunks) == 413
             assert h.count("email_results") == 0
+
+
+async def post_raw(url: str, path: str, header: str, parts: list[bytes]) -> int:
+    """POST ``parts`` after one extra ``header`` line on a new connection; the status."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n\r\n"
+        try:
+            await stream.send_all(head.encode())
+            for part in parts:
+                await stream.send_all(part)
+        except trio.BrokenResourceError:
+            pass  # the server answered and closed before taking it all
+        reply = b""
+        while b"\r\n" not in reply:
+            data = await stream.receive_some()
+            if not data:
+                break
+            reply += data
+    return int(reply.split()[1])
 
 
 async def test_processed_sns_ids_are_forgotten_after_a_week(tmp_path: Path) -> None:

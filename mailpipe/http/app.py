@@ -49,6 +49,14 @@ def require_key(handler: F) -> F:
     return cast(F, wrapper)
 
 
+def _closing_if_unread(response: Response) -> Response:
+    """A body refused as too large was not read: the connection cannot carry
+    another request (hypercorn would wait on the unread bytes), so close it."""
+    if response.status_code in (408, 413):
+        response.headers["Connection"] = "close"
+    return response
+
+
 def create_app(svc: Service) -> QuartTrio:
     """The app serving ``svc``'s API."""
     from mailpipe.http import api, docs, events, feedback, probes, suppressions
@@ -71,7 +79,7 @@ def create_app(svc: Service) -> QuartTrio:
     async def api_error(exc: ApiError) -> Response:
         response = jsonify({"error": exc.message, **exc.extra})
         response.status_code = exc.status
-        return response
+        return _closing_if_unread(response)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -83,7 +91,7 @@ def create_app(svc: Service) -> QuartTrio:
         }.get(code, exc.description or exc.name)
         response = jsonify({"error": message})
         response.status_code = code
-        return response
+        return _closing_if_unread(response)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

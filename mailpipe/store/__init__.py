@@ -146,20 +146,21 @@ class _Conn:
         self.conn = conn
         self._limiter = trio.CapacityLimiter(1)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            try:
-                return fn(self.conn)
-            except sqlite3.Error as exc:
-                if self.conn.in_transaction:
-                    self.conn.rollback()
-                raise StoreError(f"database error: {exc}") from exc
-            except BaseException:
-                if self.conn.in_transaction:  # never leave a transaction open on the connection
-                    self.conn.rollback()
-                raise
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self.conn)
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            raise StoreError(f"database error: {exc}") from exc
+        except BaseException:
+            if self.conn.in_transaction:  # never leave a transaction open on the connection
+                self.conn.rollback()
+            raise
 
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the connection in a worker thread."""
+        return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     async def run_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the event loop thread (for a few fast statements only).
@@ -168,12 +169,7 @@ class _Conn:
         when the loop is busy: the thread waits for the GIL at every statement.
         """
         async with self._limiter:
-            try:
-                return fn(self.conn)
-            except sqlite3.Error as exc:
-                if self.conn.in_transaction:
-                    self.conn.rollback()
-                raise StoreError(f"database error: {exc}") from exc
+            return self._call(fn)
 
 
 class Store:
