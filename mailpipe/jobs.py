@@ -16,9 +16,12 @@ class Job:
     to: str
     content: Content
     attempt: int = 0
+    """Provider calls made for this job so far (throttled ones included)."""
     data: str | None = None
     """The recipient's template data (JSON text), None when it has none."""
+    failures: int = 0
+    """Transient failures so far: only these count toward ``MAX_ATTEMPTS``."""
 
-    def retried(self) -> Job:
-        """The same job, one attempt later."""
-        return replace(self, attempt=self.attempt + 1)
+    def retried(self, *, failed: bool) -> Job:
+        """The same job, one call later; ``failed`` when that call failed transiently."""
+        return replace(self, attempt=self.attempt + 1, failures=self.failures + failed)

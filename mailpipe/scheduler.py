@@ -23,6 +23,7 @@ from mailpipe.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 CONTENT_CACHE = 1024
+CONTENT_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class Scheduler:
@@ -49,6 +50,7 @@ class Scheduler:
         self._now = now
         self._wake = trio.Event()
         self._contents: OrderedDict[int, Content] = OrderedDict()
+        self._cached_bytes = 0
         self._scope = trio.CancelScope()
         self.claimed = 0
         self.chunk = chunk
@@ -115,6 +117,10 @@ class Scheduler:
             loaded = await self._store.load_contents(missing)
             found.update(loaded)
             self._contents.update(loaded)
-            while len(self._contents) > CONTENT_CACHE:
-                self._contents.popitem(last=False)
+            self._cached_bytes += sum(len(c.html) + len(c.subject) for c in loaded.values())
+            while len(self._contents) > CONTENT_CACHE or (
+                self._cached_bytes > CONTENT_CACHE_BYTES and len(self._contents) > 1
+            ):
+                _, old = self._contents.popitem(last=False)
+                self._cached_bytes -= len(old.html) + len(old.subject)
         return found

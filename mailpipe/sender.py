@@ -174,24 +174,37 @@ class SenderPool:
             # Wake a little early: the worker thread serialises the request,
             # then holds it until the permit (see Transport.send's release_at).
             await trio.sleep_until(start - self._lead)
-            live = [] if self._stopping else await self._live(batch)
-            if live and await self._held(live):
-                live = []
         except BaseException:
             self._slots.release_on_behalf_of(token)
             raise
-        if not live:
+        # From here to the hand-off nothing awaits: a stop or a pause seen now
+        # is the last word, and the call leaves on the permit just taken.
+        live = [j for j in batch if not self.stops.stopped(j.topic_id, j.request_id)]
+        dead = [Outcome(j.request_id, Status.STOPPED, error="stopped") for j in batch
+                if self.stops.stopped(j.topic_id, j.request_id)]
+        if self._stopping:
+            live = []  # still PROCESSING: the service requeues them on the way out
+        elif self.gate.paused:
+            dead += [Outcome(j.request_id, Status.CREATED, attempts=j.attempt) for j in live]
+            live = []
+        if live:
+            if len(live) < len(batch):
+                kept = {job.request_id for job in live}
+                composed = [c for job, c in zip(batch, composed, strict=True)
+                            if job.request_id in kept]
+            for job in live:
+                self.handed[job.request_id] = job.topic_id
+            release_at = (
+                time.perf_counter() + (start - trio.current_time()) if self._lead else None
+            )
+            assert self._workers is not None
+            self._workers.start_soon(self._call, live, composed, token, release_at)
+        else:
             self._slots.release_on_behalf_of(token)
-            return
-        if len(live) < len(batch):
-            kept = {job.request_id for job in live}
-            composed = [c for job, c in zip(batch, composed, strict=True) if job.request_id in kept]
-        for job in live:
-            self.handed[job.request_id] = job.topic_id
-        release_at = time.perf_counter() + (start - trio.current_time()) if self._lead else None
-        assert self._workers is not None
-        self._workers.start_soon(self._call, live, composed, token, release_at)
-        if settle_after:
+        if dead:
+            self._metrics.stopped.inc(sum(1 for o in dead if o.status is Status.STOPPED))
+            await self._emit(dead)
+        if live and settle_after:
             await trio.sleep_until(start + 0.002)
 
     async def _held(self, batch: list[Job]) -> bool:
@@ -252,7 +265,15 @@ class SenderPool:
         self, composed: Sequence[Email | SendResult], release_at: float | None
     ) -> list[SendResult]:
         emails = [c for c in composed if isinstance(c, Email)]
-        sent = iter(self._transport.send(emails, release_at) if emails else [])
+        try:
+            results = self._transport.send(emails, release_at) if emails else []
+            if len(results) != len(emails):
+                raise RuntimeError(f"{len(results)} results for {len(emails)} emails")
+        except Exception as exc:  # a bug, not a provider answer: never crash the pool
+            log.exception("transport %s failed unexpectedly", self._transport.name)
+            error = TransientSendError(type(exc).__name__, str(exc), maybe_sent=True)
+            results = [SendResult(error=error) for _ in emails]
+        sent = iter(results)
         return [c if isinstance(c, SendResult) else next(sent) for c in composed]
 
     async def _settle(self, batch: list[Job], results: list[SendResult]) -> None:
@@ -267,14 +288,17 @@ class SenderPool:
                 outcomes.append(sent_ok)
                 continue
             if isinstance(error, Throttled):
-                throttled.append(job.retried())
+                throttled.append(job.retried(failed=False))  # throttling is no failure
             elif isinstance(error, SendingPaused):
                 self.gate.pause(f"{error.code}: {error.message}")
                 outcomes.append(Outcome(job.request_id, Status.CREATED, attempts=tries))
-            elif isinstance(error, TransientSendError) and tries < self._retry.max_attempts:
+            elif (
+                isinstance(error, TransientSendError)
+                and job.failures + 1 < self._retry.max_attempts
+            ):
                 if error.maybe_sent:
                     self._metrics.maybe_duplicated.inc()
-                transient.append(job.retried())
+                transient.append(job.retried(failed=True))
             else:
                 outcomes.append(
                     Outcome(job.request_id, Status.FAILED, error=str(error), attempts=tries)
@@ -293,7 +317,7 @@ class SenderPool:
             self._metrics.rate.set(self._limiter.rate)
             self._later(throttled, self._retry.throttle_delay)
         if transient:
-            attempt = transient[0].attempt
+            attempt = transient[0].failures
             self._later(
                 transient,
                 backoff_delay(

@@ -124,6 +124,10 @@ async def run_service(
         async with open_transport(config) as (transport, rate):
             svc = _assemble(config, store, api_key, transport, rate)
             await _supervise(svc, handle_signals, task_status)
+        # Requests of stopped topics that were waiting for a retry (and so kept
+        # out of the DELETE) must not go back to the queue with the others.
+        for topic_id, upto in svc.pool.stops.items():
+            await store.stop_topic(topic_id, upto, exclude=(), now=utcnow())
         requeued = await store.requeue_processing(utcnow())
         if requeued:
             log.info("returned %d claimed but unsent requests to the queue", requeued)

@@ -23,6 +23,10 @@ class TopicStops:
         while len(self._upto) > MAX_TOPICS:
             self._upto.popitem(last=False)
 
+    def items(self) -> list[tuple[str, int]]:
+        """Every stop: (topic id, highest request id it covers)."""
+        return list(self._upto.items())
+
     def stopped(self, topic_id: str, request_id: int) -> bool:
         """Whether the request was stopped."""
         upto = self._upto.get(topic_id)

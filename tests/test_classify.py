@@ -36,7 +36,7 @@ TABLE: list[tuple[BaseException, type[SendError], bool]] = [
      Throttled, False),
     (client_error("LimitExceededException", "Too many instances", 400), Throttled, False),
     (client_error("Throttling", "Maximum sending rate exceeded.", 400), Throttled, False),
-    (client_error("Throttling", "Daily message quota exceeded.", 400), Throttled, False),
+    (client_error("Throttling", "Daily message quota exceeded.", 400), SendingPaused, False),
     (client_error("SomethingNew", "Maximum sending rate exceeded.", 400), Throttled, False),
     (client_error("", "", 429), Throttled, False),
     # transient: retry with backoff up to MAX_ATTEMPTS

@@ -153,3 +153,23 @@ async def test_rate_above_the_account_quota_is_capped(
             async with running_service(config) as svc:
                 assert svc.limiter.target == 10
     assert any("MaxSendRate" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_transport_bug_fails_the_request_not_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import make_config
+
+    config = make_config(tmp_path, EMAIL_RATE=50, MAX_ATTEMPTS=1)
+    with trio.fail_after(30):
+        async with running_service(config) as svc, api_client(svc) as client:
+            def broken(emails: object, release_at: object = None) -> object:
+                raise KeyError("MessageId")
+
+            monkeypatch.setattr(svc.transport, "send", broken)
+            stats = await send_and_settle(client, "bug", ["a@example.com"])
+            assert (await client.get("/health")).status_code == 200
+    assert stats["failed"] == 1
+    ((_, status, error, _),) = rows(tmp_path)
+    assert status == 3
+    assert error.startswith("KeyError")

@@ -353,12 +353,12 @@ class Store:
         ``exclude``) to STOPPED; returns how many."""
 
         def txn(conn: sqlite3.Connection) -> int:
-            marks = ",".join("?" * len(exclude))
-            skip = f" AND id NOT IN ({marks})" if exclude else ""
+            # The ids go in as one JSON array: any number of them, one variable.
             return conn.execute(
                 "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
-                f" WHERE topic_id = ? AND id <= ? AND status IN (0, 1){skip}",
-                (to_db(now), topic_id, upto, *exclude),
+                " WHERE topic_id = ? AND id <= ? AND status IN (0, 1)"
+                " AND id NOT IN (SELECT value FROM json_each(?))",
+                (to_db(now), topic_id, upto, json.dumps(list(exclude))),
             ).rowcount
 
         return await self._w.run(txn)

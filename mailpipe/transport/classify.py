@@ -83,6 +83,10 @@ def classify(exc: BaseException) -> SendError:
 
 def classify_code(code: str, message: str, http_status: int = 0) -> SendError:
     """Classify a provider error code (also used for per-entry bulk results)."""
+    if "daily message quota exceeded" in message.lower():
+        # Retrying at any rate is pointless until the 24-hour window moves on:
+        # hold everything and let the probe look again.
+        return SendingPaused(code or "Throttling", message)
     if code in THROTTLING_CODES or "maximum sending rate exceeded" in message.lower():
         return Throttled(code or "Throttling", message)
     if code in ACCOUNT_CODES or code in AUTH_CODES:
@@ -111,7 +115,7 @@ BULK_STATUS_CODES = {
     "ACCOUNT_SENDING_PAUSED": "SendingPausedException",
     "CONFIGURATION_SET_SENDING_PAUSED": "SendingPausedException",
     "ACCOUNT_THROTTLED": "TooManyRequestsException",
-    "ACCOUNT_DAILY_QUOTA_EXCEEDED": "LimitExceededException",
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": "SendingPausedException",
 }
 
 

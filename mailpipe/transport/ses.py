@@ -256,6 +256,7 @@ def _replacement_data(email: Email) -> str:
 
 def _entry_result(entry: Mapping[str, Any]) -> SendResult:
     status = str(entry.get("Status", ""))
-    if status == "SUCCESS" and entry.get("MessageId"):
-        return SendResult(message_id=str(entry["MessageId"]))
+    if status == "SUCCESS":
+        # Sent, even if SES left out the id: retrying would send it twice.
+        return SendResult(message_id=str(entry.get("MessageId") or "unknown"))
     return SendResult(error=classify_bulk_status(status, str(entry.get("Error", ""))))
