@@ -123,7 +123,7 @@ async def test_paused_account_holds_sends_and_resumes(
 ) -> None:
     emails = [f"p{i}@example.com" for i in range(30)]
     with FakeSES(paused=True) as ses:
-        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=50, PAUSE_PROBE_S=0.5)
+        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=50, PAUSE_PROBE_S=2)
         with trio.fail_after(60):
             async with running_service(config) as svc, api_client(svc) as client:
                 await client.post("/v1/messages", json={"messages": [{
