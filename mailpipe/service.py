@@ -27,7 +27,7 @@ from mailpipe.content.tokens import Tokens, load_or_create_secret
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
-from mailpipe.http.feedback import make_verifier
+from mailpipe.http.feedback import SnsFastPath, make_verifier
 from mailpipe.jobs import Job
 from mailpipe.limiter import RateLimiter
 from mailpipe.metrics import Metrics, Reporter
@@ -247,7 +247,7 @@ async def _serve_http(
     hc.graceful_timeout = svc.config.graceful_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    app = RequestTracker(create_app(svc))
+    app = RequestTracker(SnsFastPath(create_app(svc), svc))
 
     async def drain_then_close(nursery: trio.Nursery) -> None:
         await svc.shutdown_requested.wait()  # hypercorn stops accepting on the same trigger

@@ -10,6 +10,7 @@ confirmed by one GET of its ``SubscribeURL`` when that is an SNS endpoint; an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -61,8 +62,15 @@ def make_verifier(config: Config, fetch: Callable[[str], bytes]) -> SnsVerifier:
 @bp.post("/v1/events/results")
 async def sns_message() -> dict[str, Any]:
     """Verify an SNS message, then store the SES record or handle the subscription."""
-    svc = service()
-    msg = await _verified(svc, await _read_body(MAX_BODY_BYTES))
+    return await handle_sns(service(), await _read_body(MAX_BODY_BYTES), request.remote_addr)
+
+
+async def handle_sns(svc: Service, body: bytes, remote: str | None) -> dict[str, Any]:
+    """Act on one SNS message body; the JSON answer, or ``ApiError``.
+
+    Shared by the Quart route and the ASGI fast path (:class:`SnsFastPath`).
+    """
+    msg = await _verified(svc, body, remote)
     if msg["Type"] == NOTIFICATION:
         return await _notification(svc, msg)
     if msg["Type"] == SUBSCRIPTION_CONFIRMATION:
@@ -89,7 +97,7 @@ async def _read_body(limit: int) -> bytes:
     return bytes(body)
 
 
-async def _verified(svc: Service, body: bytes) -> SnsMessage:
+async def _verified(svc: Service, body: bytes, remote: str | None) -> SnsMessage:
     """The parsed message if SNS signed it for an allowed topic; else ``ApiError``."""
 
     def parse_and_verify() -> SnsMessage:
@@ -110,7 +118,7 @@ async def _verified(svc: Service, body: bytes) -> SnsMessage:
         else:  # parsing up to 1 MiB: off the event loop
             msg = await trio.to_thread.run_sync(parse_and_verify)
     except SnsRejected as exc:
-        log.warning("SNS message from %s refused: %s", request.remote_addr, exc.reason)
+        log.warning("SNS message from %s refused: %s", remote, exc.reason)
         raise ApiError(403, "SNS message refused") from None
     except CertUnavailable as exc:
         log.warning("SNS message not verifiable now (SNS will retry): %s", exc)
@@ -179,3 +187,62 @@ async def _confirm_subscription(svc: Service, msg: SnsMessage) -> dict[str, Any]
         raise ApiError(502, "subscription not confirmed; retry later") from None
     log.info("confirmed the SNS subscription to %s", topic)
     return {"status": "confirmed"}
+
+
+class SnsFastPath:
+    """ASGI middleware serving ``POST /v1/events/results`` without Quart.
+
+    SES feedback arrives in bursts of small POSTs. Quart's request machinery
+    (context, routing, body streaming) cost more than verifying and storing a
+    notification, so this path reads the body straight from ASGI and answers
+    with the same :func:`handle_sns` as the route, which stays for the
+    OpenAPI document and as the reference.
+    """
+
+    PATH: Final = "/v1/events/results"
+
+    def __init__(self, app: Any, svc: Service) -> None:
+        self.app = app
+        self.svc = svc
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one ASGI scope."""
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        try:
+            body = await _receive_body(receive, MAX_BODY_BYTES)
+            status, answer = 200, await handle_sns(self.svc, body, client[0] if client else None)
+        except ApiError as exc:
+            status, answer = exc.status, {"error": exc.message, **exc.extra}
+        except Exception:
+            log.exception("unhandled error in POST %s", self.PATH)
+            status, answer = 500, {"error": "internal error"}
+        payload = json.dumps(answer).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(payload)).encode())]
+        if status in (408, 413):  # the body was not read to the end
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+BODY_TIMEOUT: Final = 60.0
+"""Seconds a client may take to send an SNS message body."""
+
+
+async def _receive_body(receive: Any, limit: int) -> bytes:
+    body = bytearray()
+    with trio.move_on_after(BODY_TIMEOUT) as scope:
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                raise ApiError(400, "client disconnected")
+            body += event.get("body", b"")
+            if len(body) > limit:
+                raise ApiError(413, f"SNS message over {limit} bytes")
+            if not event.get("more_body", False):
+                return bytes(body)
+    assert scope.cancelled_caught
+    raise ApiError(408, "request body not received in time")
