@@ -87,6 +87,8 @@ class Fake:
         self.http.close()
         self.proc.terminate()
         self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class Service:
