@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-_FORMAT = "%Y-%m-%d %H:%M:%S.%f+00:00"
-
-
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -18,7 +15,7 @@ def utcnow() -> datetime:
 
 def to_db(moment: datetime) -> str:
     """``moment`` (aware) as stored text, e.g. ``2024-12-25 01:00:00.000000+00:00``."""
-    return moment.astimezone(UTC).strftime(_FORMAT)
+    return moment.astimezone(UTC).isoformat(" ", "microseconds")
 
 
 def from_db(text: str) -> datetime:

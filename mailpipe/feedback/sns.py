@@ -72,6 +72,8 @@ _HASHES: Final[dict[str, Callable[[], hashes.HashAlgorithm]]] = {
     "2": hashes.SHA256,
 }
 
+_PKCS1V15: Final = padding.PKCS1v15()
+
 _REGION: Final = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
 _SNS_NETLOC: Final = re.compile(rf"(sns\.{_REGION}\.amazonaws\.com(?:\.cn)?)(?::443)?")
 _CERT_PATH: Final = re.compile(r"/(SimpleNotificationService-[A-Za-z0-9]{1,128}\.pem)")
@@ -144,9 +146,11 @@ def _signed_fields(msg: Mapping[str, str]) -> tuple[str, ...]:
 
 def string_to_sign(msg: Mapping[str, str]) -> bytes:
     """The bytes SNS signed: ``Name\\nValue\\n`` for each signed field of the type, in order."""
-    fields = _signed_fields(msg)
-    text = "".join(f"{name}\n{msg[name]}\n" for name in fields if name in msg)
-    return text.encode()
+    return _joined(msg, _signed_fields(msg))
+
+
+def _joined(msg: Mapping[str, str], fields: tuple[str, ...]) -> bytes:
+    return "".join(f"{name}\n{msg[name]}\n" for name in fields if name in msg).encode()
 
 
 def _split_https(url: str) -> tuple[str, str, str | None, str | None]:
@@ -230,10 +234,15 @@ class CertStore:
         self._fetch = fetch
         self._max_keys = max_keys
         self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self._by_url: dict[str, rsa.RSAPublicKey] = {}
+        """Keys by the exact URL that passed the checks (read without the lock:
+        a dict lookup is atomic, and entries are only ever whole)."""
         self._lock = threading.Lock()
 
     def cached(self, url: str) -> bool:
         """Whether the key for ``url`` is in memory (``get`` then does no I/O)."""
+        if url in self._by_url:
+            return True
         try:
             _, name = _cert_location(url)
         except SnsRejected:
@@ -247,16 +256,23 @@ class CertStore:
         Raises ``SnsRejected`` for a bad URL or certificate, ``CertUnavailable``
         when the certificate is neither cached nor fetchable now.
         """
+        # SNS signs with one certificate per region for months: the exact URL
+        # seen before needs neither the checks nor the name lookup again.
+        key = self._by_url.get(url)
+        if key is not None:
+            return key
         host, name = _cert_location(url)
         with self._lock:
             key = self._keys.get(name)
-        if key is not None:
-            return key
-        key = self._load(host, name)
+        if key is None:
+            key = self._load(host, name)
         with self._lock:
             if len(self._keys) >= self._max_keys:
                 del self._keys[next(iter(self._keys))]
             self._keys[name] = key
+            if len(self._by_url) >= self._max_keys:
+                del self._by_url[next(iter(self._by_url))]
+            self._by_url[url] = key
         return key
 
     def _load(self, host: str, name: str) -> rsa.RSAPublicKey:
@@ -330,20 +346,19 @@ class SnsVerifier:
         ``CertUnavailable`` means the question cannot be answered now.
         Only the signed fields are proven: never trust ``UnsubscribeURL``.
         """
-        _check_fields(msg)
+        fields = _check_fields(msg)
         hash_for = _HASHES.get(msg["SignatureVersion"])
         if hash_for is None:
             raise SnsRejected(f"SignatureVersion {msg['SignatureVersion'][:8]!r} unsupported")
         self._check_topic(msg["TopicArn"])
         self._check_time(msg["Timestamp"])
-        check_cert_url(msg["SigningCertURL"])
         try:
             signature = base64.b64decode(msg["Signature"], validate=True)
         except (binascii.Error, ValueError):
             raise SnsRejected("Signature is not base64") from None
-        key = self.certs.get(msg["SigningCertURL"])
+        key = self.certs.get(msg["SigningCertURL"])  # checks the URL first
         try:
-            key.verify(signature, string_to_sign(msg), padding.PKCS1v15(), hash_for())
+            key.verify(signature, _joined(msg, fields), _PKCS1V15, hash_for())
         except InvalidSignature:
             raise SnsRejected("signature does not match") from None
 
