@@ -60,3 +60,36 @@ async def test_a_failed_commit_fails_every_write_in_it(tmp_path: Path) -> None:
     group = GroupCommit(run)
     with pytest.raises(StoreError):
         await group.write(lambda c: c.execute("INSERT INTO t VALUES (1)").rowcount)
+
+
+async def _transactions_for_staggered_writes(tmp_path: Path, gather: int) -> int:
+    """Transactions used by 12 inline writes whose tasks reach ``write`` over 3 passes."""
+    conn = sqlite3.connect(tmp_path / f"g{gather}.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+    transactions = 0
+
+    async def inline(fn: Callable[[sqlite3.Connection], None]) -> None:
+        nonlocal transactions
+        transactions += 1
+        fn(conn)  # on the event loop, as the store runs small batches
+
+    group = GroupCommit(inline, inline=inline, inline_max=32, gather=gather)
+
+    async def write(i: int) -> None:
+        for _ in range(i % 3):  # as requests still reading their bodies
+            await trio.lowlevel.checkpoint()
+        await group.write(lambda c: c.execute("INSERT INTO t VALUES (?)", (i,)).rowcount)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(write, i)
+    assert sorted(x for (x,) in conn.execute("SELECT x FROM t")) == list(range(12))
+    return transactions
+
+
+async def test_inline_batches_gather_writes_arriving_in_the_next_passes(tmp_path: Path) -> None:
+    # A batch run on the loop holds it: without gathering, writes that come a
+    # pass later need a transaction of their own.
+    assert await _transactions_for_staggered_writes(tmp_path, gather=0) > 1
+    assert await _transactions_for_staggered_writes(tmp_path, gather=4) == 1
