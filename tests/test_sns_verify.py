@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from snskit import SnsSigner, encode, new_key, sns_time
 
 from mailpipe.feedback.sns import (
+    CertNotFound,
     CertStore,
     CertUnavailable,
     SnsRejected,
@@ -328,6 +329,46 @@ def test_fetched_garbage_is_refused_and_not_cached(signer: SnsSigner, tmp_path: 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_failed_fetch_is_not_repeated_for_a_while(signer: SnsSigner, tmp_path: Path) -> None:
+    # Anyone can post a message naming a made-up certificate on an SNS host:
+    # one fetch per name per minute that SNS answers 404, not one per message.
+    calls: list[str] = []
+    now = [1000.0]
+    failing = True
+
+    def fetch(url: str) -> bytes:
+        calls.append(url)
+        if failing:
+            raise CertNotFound(f"GET {url} answered 404")
+        return signer.pem
+
+    store = CertStore(tmp_path, fetch, retry_after=60, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(CertUnavailable):
+            store.get(signer.cert_url())
+    assert len(calls) == 1
+    with pytest.raises(CertUnavailable, match="not asked again within 60s"):
+        store.get(signer.cert_url("eu-west-1"))  # same file name on another region's host
+    now[0] += 61
+    failing = False
+    assert store.get(signer.cert_url()).public_numbers() == signer.key.public_key().public_numbers()
+    assert len(calls) == 2
+
+
+def test_transient_fetch_failures_are_retried_at_once(signer: SnsSigner, tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        calls.append(url)
+        raise CertUnavailable(f"GET {url} failed: ConnectTimeout")
+
+    store = CertStore(tmp_path, fetch)
+    for _ in range(2):
+        with pytest.raises(CertUnavailable):
+            store.get(signer.cert_url())
+    assert len(calls) == 2  # SNS retries within seconds; each retry may succeed
+
+
 def test_no_fetch_and_not_cached_is_unavailable(signer: SnsSigner, tmp_path: Path) -> None:
     with pytest.raises(CertUnavailable):
         CertStore(tmp_path, None).get(signer.cert_url())
@@ -376,8 +417,9 @@ def http_base() -> Iterator[str]:
 def test_http_fetch(http_base: str) -> None:
     assert http_fetch(f"{http_base}/ok") == b"PEM"
     for path, reason in [("/missing", "404"), ("/redirect", "302"), ("/big", "over 65536")]:
-        with pytest.raises(CertUnavailable, match=reason):
+        with pytest.raises(CertUnavailable, match=reason) as caught:
             http_fetch(f"{http_base}{path}")
+        assert isinstance(caught.value, CertNotFound) == (path == "/missing")
 
 
 def test_http_fetch_connection_error_is_unavailable() -> None:

@@ -2,6 +2,7 @@
 
 from mailpipe.feedback.ses_events import FeedbackError, SesEvent, parse_ses_event
 from mailpipe.feedback.sns import (
+    CertNotFound,
     CertStore,
     CertUnavailable,
     SnsMessage,
@@ -15,6 +16,7 @@ from mailpipe.feedback.sns import (
 )
 
 __all__ = [
+    "CertNotFound",
     "CertStore",
     "CertUnavailable",
     "FeedbackError",

@@ -7,6 +7,7 @@ proves that SNS signed it for one of our topics recently. Nothing here visits a
     MailpipeError
      ├── SnsRejected      the message is malformed, forged, stale or not ours (answer 4xx)
      └── CertUnavailable  the signing certificate cannot be had now (answer 5xx: SNS retries)
+          └── CertNotFound  SNS's host says there is no such certificate
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +41,9 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 """Largest SNS request body accepted (an SNS message is at most 256 KiB, then JSON-escaped)."""
 MAX_CERT_BYTES: Final = 64 * 1024
 FETCH_TIMEOUT_S: Final = 5.0
+FETCH_RETRY_AFTER_S: Final = 60.0
+"""After SNS answered that a certificate does not exist, it is not asked again for this long."""
+MAX_FAILED_NAMES: Final = 1024
 
 NOTIFICATION: Final = "Notification"
 SUBSCRIPTION_CONFIRMATION: Final = "SubscriptionConfirmation"
@@ -90,6 +95,14 @@ class SnsRejected(MailpipeError):
 
 class CertUnavailable(MailpipeError):
     """The signing certificate could not be obtained now; a retry may succeed."""
+
+
+class CertNotFound(CertUnavailable):
+    """The SNS host answered that the certificate does not exist (403, 404, 410).
+
+    SNS never signs with a certificate it does not serve, so this names a
+    made-up one; ``CertStore`` does not ask for the same name again for a while.
+    """
 
 
 def parse_sns(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> SnsMessage:
@@ -204,6 +217,8 @@ def http_fetch(url: str) -> bytes:
     """GET ``url`` (no redirects, 5 s timeout, at most 64 KiB); ``CertUnavailable`` on failure."""
     try:
         with httpx.stream("GET", url, timeout=FETCH_TIMEOUT_S, follow_redirects=False) as resp:
+            if resp.status_code in (403, 404, 410):
+                raise CertNotFound(f"GET {url} answered {resp.status_code}")
             if resp.status_code != 200:
                 raise CertUnavailable(f"GET {url} answered {resp.status_code}")
             body = bytearray()
@@ -229,10 +244,17 @@ class CertStore:
         fetch: Callable[[str], bytes] | None = http_fetch,
         *,
         max_keys: int = 32,
+        retry_after: float = FETCH_RETRY_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cache_dir = cache_dir
         self._fetch = fetch
         self._max_keys = max_keys
+        self._retry_after = retry_after
+        self._clock = clock
+        self._failed: dict[str, float] = {}
+        """When SNS last said each certificate name does not exist: anyone may
+        post a message naming a made-up certificate, and each must not cost a fetch."""
         self._keys: dict[str, rsa.RSAPublicKey] = {}
         self._by_url: dict[str, rsa.RSAPublicKey] = {}
         """Keys by the exact URL that passed the checks (read without the lock:
@@ -284,7 +306,22 @@ class CertStore:
             pass
         if self._fetch is None:
             raise CertUnavailable(f"{name} is not in {self.cache_dir} and fetching is off")
-        pem = self._fetch(f"https://{host}/{name}")
+        with self._lock:
+            failed = self._failed.get(name)
+        if failed is not None and self._clock() - failed < self._retry_after:
+            raise CertUnavailable(
+                f"SNS said {name} does not exist {self._clock() - failed:.0f}s ago;"
+                f" not asked again within {self._retry_after:g}s"
+            )
+        try:
+            pem = self._fetch(f"https://{host}/{name}")
+        except CertNotFound:  # not a transient failure: SNS's retries must not wait
+            with self._lock:
+                self._failed.pop(name, None)
+                self._failed[name] = self._clock()
+                while len(self._failed) > MAX_FAILED_NAMES:
+                    del self._failed[next(iter(self._failed))]
+            raise
         key = _public_key(pem, name)
         self._write(path, pem)
         log.info("cached SNS signing certificate %s", name)
