@@ -117,6 +117,13 @@ async def run_service(
 ) -> None:
     """Run until a shutdown is requested (SIGINT/SIGTERM or :meth:`Service.request_shutdown`)."""
     async with open_store(config.db_path) as store:
+        stopped = await store.apply_saved_stops(utcnow())
+        if stopped:
+            log.warning(
+                "stopped %d requests of topics stopped (DELETE) before an unclean exit: they"
+                " were in an SES call or waiting for a retry then, and are not sent again",
+                stopped,
+            )
         requeued = await store.requeue_processing(utcnow())
         if requeued:
             log.warning("re-queued %d requests left in processing by an unclean stop", requeued)
@@ -128,6 +135,7 @@ async def run_service(
         # out of the DELETE) must not go back to the queue with the others.
         for topic_id, upto in svc.pool.stops.items():
             await store.stop_topic(topic_id, upto, exclude=(), now=utcnow())
+        await store.apply_saved_stops(utcnow())  # and forget them: nothing is in flight
         requeued = await store.requeue_processing(utcnow())
         if requeued:
             log.info("returned %d claimed but unsent requests to the queue", requeued)

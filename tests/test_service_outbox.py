@@ -67,3 +67,26 @@ async def test_generated_api_key_is_stored_private_and_reused(tmp_path: Path) ->
     assert key_file.read_text().strip() == first
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert len(first) >= 32
+
+
+async def test_a_stop_cut_off_by_a_crash_applies_at_the_next_start(tmp_path: Path) -> None:
+    # The state a kill -9 leaves: a DELETE stopped the topic while two of its
+    # rows were handed to SES (left PROCESSING), and nothing applied the stop.
+    from mailpipe.store import NewMessage, open_store
+    from mailpipe.timeutil import utcnow
+
+    config = make_config(tmp_path, EMAIL_RATE=100)
+    now = utcnow()
+    with trio.fail_after(20):
+        async with open_store(config.db_path) as store:
+            await store.insert_messages([NewMessage("t", "s", "<p>c</p>", ["a@x.com", "b@x.com"]),
+                                         NewMessage("other", "s", "<p>c</p>", ["c@x.com"])], now)
+            await store.claim_due(now, 3)
+            await store.stop_topic("t", 2, exclude=[1, 2], now=now)
+        async with running_service(config) as svc, api_client(svc) as client:
+            other = await wait_for_sent(client, "other", 1)
+            stopped = (await client.get("/v1/topics/t")).json()
+    assert other["request"]["sent"] == 1  # re-queued and sent, as after any crash
+    assert stopped["request"]["stopped"] == 2 and stopped["request"]["sent"] == 0
+    files = list((tmp_path / "data" / "outbox").glob("*.eml"))
+    assert len(files) == 1

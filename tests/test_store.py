@@ -95,6 +95,24 @@ async def test_outcomes_only_change_processing_rows_and_requeue(tmp_path: Path) 
         assert await store.count_sent_since(now - timedelta(hours=1)) == 1
 
 
+async def test_a_stop_is_kept_until_applied_and_covers_rows_left_out(tmp_path: Path) -> None:
+    now = utcnow()
+    async with open_store(tmp_path / "app.db") as store:
+        await store.insert_messages([NewMessage("t", "s", "c", [f"{i}@x.com" for i in range(4)]),
+                                     NewMessage("u", "s", "c", ["u@x.com"])], now)
+        await store.claim_due(now, 5)  # all five PROCESSING
+        # Rows 1 and 2 were handed to SES when the DELETE came: left out.
+        assert await store.stop_topic("t", 4, exclude=[1, 2], now=now) == 2
+    # The process dies here. At the next start the kept stop covers the two
+    # rows still PROCESSING; the other topic's row is not touched.
+    async with open_store(tmp_path / "app.db") as store:
+        assert await store.apply_saved_stops(now) == 2
+        assert await store.apply_saved_stops(now) == 0  # forgotten once applied
+        assert await store.requeue_processing(now) == 1
+        stats = await store.topic_stats("t")
+        assert stats["request"]["stopped"] == 4  # type: ignore[index]
+
+
 async def test_insert_is_all_or_nothing(tmp_path: Path) -> None:
     now = utcnow()
     async with open_store(tmp_path / "app.db") as store:

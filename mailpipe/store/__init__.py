@@ -356,16 +356,49 @@ class Store:
         self, topic_id: str, upto: int, *, exclude: Sequence[int], now: datetime
     ) -> int:
         """Move the topic's CREATED/PROCESSING rows (ids up to ``upto``, not in
-        ``exclude``) to STOPPED; returns how many."""
+        ``exclude``) to STOPPED; returns how many.
+
+        The stop itself is kept too, until :meth:`apply_saved_stops`: the
+        excluded rows (handed to SES, or waiting for a retry) must not go out
+        again if the process dies before they are settled.
+        """
 
         def txn(conn: sqlite3.Connection) -> int:
-            # The ids go in as one JSON array: any number of them, one variable.
-            return conn.execute(
-                "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
-                " WHERE topic_id = ? AND id <= ? AND status IN (0, 1)"
-                " AND id NOT IN (SELECT value FROM json_each(?))",
-                (to_db(now), topic_id, upto, json.dumps(list(exclude))),
-            ).rowcount
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO topic_stops (topic_id, upto_id, created_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (topic_id)"
+                    " DO UPDATE SET upto_id = max(upto_id, excluded.upto_id)",
+                    (topic_id, upto, to_db(now)),
+                )
+                # The ids go in as one JSON array: any number of them, one variable.
+                return int(conn.execute(
+                    "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
+                    " WHERE topic_id = ? AND id <= ? AND status IN (0, 1)"
+                    " AND id NOT IN (SELECT value FROM json_each(?))",
+                    (to_db(now), topic_id, upto, json.dumps(list(exclude))),
+                ).rowcount)
+
+        return await self._w.run(txn)
+
+    async def apply_saved_stops(self, now: datetime) -> int:
+        """Stop every CREATED/PROCESSING row a kept stop covers, then forget the stops.
+
+        For start-up and shutdown, when nothing is in flight: a row a stop left
+        out because it was handed to SES is settled by now, or was cut off by
+        the process dying (it may have been sent; it is not sent again).
+        """
+
+        def txn(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                stopped = conn.execute(
+                    "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
+                    " WHERE status IN (0, 1) AND id <= (SELECT s.upto_id FROM topic_stops s"
+                    " WHERE s.topic_id = email_requests.topic_id)",
+                    (to_db(now),),
+                ).rowcount
+                conn.execute("DELETE FROM topic_stops")
+                return int(stopped)
 
         return await self._w.run(txn)
 

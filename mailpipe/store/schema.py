@@ -107,6 +107,16 @@ MIGRATIONS: dict[int, str] = {
     DROP INDEX idx_email_requests_status_updated;
     CREATE INDEX idx_email_requests_sent_updated ON email_requests(updated_at) WHERE status = 2;
     """,
+    # DELETE /v1/topics stops, kept until they are applied: rows handed to SES
+    # when the stop came (or waiting for a retry) are stopped at the next start
+    # if the process died without applying them.
+    7: """
+    CREATE TABLE topic_stops (
+        topic_id    TEXT PRIMARY KEY,
+        upto_id     INTEGER NOT NULL,
+        created_at  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
 
 
