@@ -24,6 +24,7 @@ from mailpipe.store import Content
 from mailpipe.transport import Email, request_headers, request_tags
 
 PREPARED_CACHE = 256
+"""Prepared contents kept; past it, the one prepared first is dropped."""
 ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
 
 
@@ -77,11 +78,11 @@ class Composer:
         )
 
     def _prepare(self, content: Content) -> PreparedContent:
-        with self._lock:
-            found = self._prepared.get(content.id)
-            if found is not None:
-                self._prepared.move_to_end(content.id)
-                return found
+        # A plain read, atomic under the GIL: every composing thread passes
+        # here once per recipient, and a lock made them queue for it.
+        found = self._prepared.get(content.id)
+        if found is not None:
+            return found
         tracking = self.tokens is not None
         prepared = PreparedContent(  # outside the lock: other threads keep composing
             content.subject,
