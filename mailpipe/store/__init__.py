@@ -485,8 +485,10 @@ class Store:
     # -- opens, clicks, unsubscribes (SQL in mailpipe.store.tracking) ----------
 
     async def record_result(self, request_id: int, status: str, raw: str, now: datetime) -> bool:
-        """Add a result (``Open``, ``Click``) to a request; False when there is no such request."""
-        return await self._w.run(
+        """Add a result (``Open``, ``Click``) to a request; False when there is no such request.
+
+        Opens come in bursts like SES feedback: group-committed the same way."""
+        return await self._group.write(
             lambda conn: _tracking.record_result(conn, request_id, status, raw, now)
         )
 
