@@ -20,10 +20,10 @@ async def test_concurrent_writes_share_transactions_and_fail_alone(tmp_path: Pat
     limiter = trio.CapacityLimiter(1)
     transactions = 0
 
-    async def run(fn: Callable[[sqlite3.Connection], None]) -> None:
+    async def run(fn: Callable[[sqlite3.Connection], bool]) -> bool:
         nonlocal transactions
         transactions += 1
-        await trio.to_thread.run_sync(fn, conn, limiter=limiter)
+        return await trio.to_thread.run_sync(fn, conn, limiter=limiter)
 
     group = GroupCommit(run)
     results: dict[int, object] = {}
@@ -54,8 +54,8 @@ async def test_a_failed_commit_fails_every_write_in_it(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE t (x)")
     conn.execute("BEGIN")  # a transaction already open: BEGIN IMMEDIATE fails
 
-    async def run(fn: Callable[[sqlite3.Connection], None]) -> None:
-        await trio.to_thread.run_sync(fn, conn)
+    async def run(fn: Callable[[sqlite3.Connection], bool]) -> bool:
+        return await trio.to_thread.run_sync(fn, conn)
 
     group = GroupCommit(run)
     with pytest.raises(StoreError):
@@ -68,10 +68,10 @@ async def _transactions_for_staggered_writes(tmp_path: Path, gather: int) -> int
     conn.execute("CREATE TABLE t (x)")
     transactions = 0
 
-    async def inline(fn: Callable[[sqlite3.Connection], None]) -> None:
+    async def inline(fn: Callable[[sqlite3.Connection], bool]) -> bool:
         nonlocal transactions
         transactions += 1
-        fn(conn)  # on the event loop, as the store runs small batches
+        return fn(conn)  # on the event loop, as the store runs small batches
 
     group = GroupCommit(inline, inline=inline, inline_max=32, gather=gather)
 

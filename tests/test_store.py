@@ -130,3 +130,37 @@ async def test_large_insert_is_one_transaction(tmp_path: Path) -> None:
             result = await store.insert_messages([NewMessage("big", "s", "c", emails)], now)
         assert result.count == 20_000 and result.due_now
         assert (await store.topic_stats("big"))["request"]["created"] == 20_000  # type: ignore[index]
+
+
+async def test_a_lock_held_elsewhere_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    # Small writes run on the event loop; if another process (a backup, the
+    # sqlite3 shell) holds the write lock, they must wait in a thread instead.
+    now = utcnow()
+    async with open_store(tmp_path / "app.db") as store:
+        await store.insert_messages([NewMessage("t", "s", "c", ["a@x.com"])], now)
+        other = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        ticks = 0
+        recorded: list[bool] = []
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not recorded:
+                ticks += 1
+                await trio.sleep(0.01)
+
+        async def record() -> None:
+            recorded.append(await store.record_result(1, "Open", "{}", now))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                nursery.start_soon(record)
+                await trio.sleep(0.3)
+                assert not recorded  # waiting for the lock ...
+                assert ticks >= 10  # ... while the loop kept running
+                other.execute("COMMIT")
+        other.close()
+        assert recorded == [True]
+        stats = await store.topic_stats("t")
+        assert stats["result"] == {"statuses": {"Open": 1}}

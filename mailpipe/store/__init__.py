@@ -111,6 +111,8 @@ CHECKPOINT_AFTER_ROWS: Final = 10_000
 request's path) rather than wait for the periodic one."""
 CHECKPOINT_INTERVAL: Final = 1.0
 """Seconds between WAL checkpoints (the writer never checkpoints itself)."""
+BUSY_TIMEOUT_MS: Final = 10_000
+"""How long a statement in a worker thread waits for another process's lock."""
 INLINE_BATCH: Final = 32
 """Group-commit batches up to this many small writes run on the event loop."""
 GATHER_PASSES: Final = 4
@@ -138,7 +140,7 @@ def _connect(path: Path, cache_mb: int = 64) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -171,9 +173,15 @@ class _Conn:
 
         A trip to a worker thread costs more than a handful of indexed writes
         when the loop is busy: the thread waits for the GIL at every statement.
+        Here SQLite never waits for a lock (busy timeout 0): ``fn`` must give up
+        when another process holds the database, rather than stall the loop.
         """
         async with self._limiter:
-            return self._call(fn)
+            self.conn.execute("PRAGMA busy_timeout=0")
+            try:
+                return self._call(fn)
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class Store:

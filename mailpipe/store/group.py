@@ -25,7 +25,7 @@ from mailpipe.errors import MailpipeError, StoreError
 
 T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], Any]
-Runner = Callable[[Callable[[sqlite3.Connection], None]], Awaitable[None]]
+Runner = Callable[[Callable[[sqlite3.Connection], bool]], Awaitable[bool]]
 
 
 class _Slot(Generic[T]):
@@ -68,18 +68,37 @@ class GroupCommit:
                 # Shielded: once taken from the queue, a batch runs to the end,
                 # or the other writers in it would wait forever.
                 small = self._inline is not None and len(batch) <= self._inline_max
-                run = self._inline if small and self._inline is not None else self._run
                 with trio.CancelScope(shield=True):
-                    await run(partial(_apply, batch))
+                    # On the loop only if the write lock is free at once:
+                    # another process holding it must not stall the loop.
+                    done = small and self._inline is not None and await self._inline(
+                        partial(_apply, batch, wait=False)
+                    )
+                    if not done:
+                        await self._run(partial(_apply, batch))
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
 
 
-def _apply(batch: list[tuple[Write, _Slot[Any]]], conn: sqlite3.Connection) -> None:
+def _apply(
+    batch: list[tuple[Write, _Slot[Any]]], conn: sqlite3.Connection, *, wait: bool = True
+) -> bool:
+    """Run ``batch`` in one transaction and settle every slot; True.
+
+    With ``wait=False`` on a connection that does not wait for locks, False
+    (nothing run, nothing settled) when another connection holds the write lock.
+    """
     values: list[Any] = []
+    settled = True
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not wait and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                settled = False
+                return False
+            raise
         for fn, slot in batch:
             conn.execute("SAVEPOINT write")
             try:
@@ -101,5 +120,7 @@ def _apply(batch: list[tuple[Write, _Slot[Any]]], conn: sqlite3.Connection) -> N
         for (_, slot), value in zip(batch, values, strict=True):
             slot.value = value
     finally:
-        for _, slot in batch:
-            slot.done = True
+        if settled:
+            for _, slot in batch:
+                slot.done = True
+    return True

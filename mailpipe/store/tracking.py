@@ -1,9 +1,9 @@
 """SQL for what recipients do: opens, clicks, unsubscribes (through :class:`mailpipe.store.Store`).
 
 Each function takes the connection it runs on (in a worker thread, or on the
-event loop for a small group commit). A result row is written only for a request that exists; its ``recipient`` is
-the request's ``to``. Unsubscribing reuses the suppression list of
-:mod:`mailpipe.store.feedback`.
+event loop for a small group commit). A result row is written only for a
+request that exists; its ``recipient`` is the request's ``to``. Unsubscribing
+reuses the suppression list of :mod:`mailpipe.store.feedback`.
 """
 
 from __future__ import annotations
