@@ -37,7 +37,15 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import API_KEY, CONTENT, boto3_baseline, emails, service, wait_until
+from bench import (
+    API_KEY,
+    CONTENT,
+    boto3_baseline,
+    cpu_seconds,
+    emails,
+    service,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "aws-ses-v2-local@2.10.2"
@@ -89,8 +97,7 @@ class Emulator:
         self.http.post("/clear-store").raise_for_status()
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def close(self) -> None:
         self.http.close()
