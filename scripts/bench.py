@@ -308,8 +308,11 @@ def boto3_baseline(url: str, seconds: float, threads: int = 16) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def http_load(url: str, requests: list[bytes], seconds: float, threads: int = 8) -> float:
-    """Replay raw HTTP/1.1 requests over keep-alive connections; responses per second."""
+def http_load(
+    url: str, requests: list[bytes], seconds: float, threads: int = 8
+) -> tuple[int, float]:
+    """Replay raw HTTP/1.1 requests over keep-alive connections for up to ``seconds``
+    (or until none are left); (responses, seconds it took)."""
     host, port = url.removeprefix("http://").split(":")
     deadline = time.monotonic() + seconds
     done = [0] * threads
@@ -348,7 +351,7 @@ def http_load(url: str, requests: list[bytes], seconds: float, threads: int = 8)
     elapsed = time.monotonic() - started
     if sum(failures):
         raise RuntimeError(f"{sum(failures)} of {sum(done)} requests failed")
-    return sum(done) / elapsed
+    return sum(done), elapsed
 
 
 def raw_request(method: str, path: str, host: str, body: bytes = b"", **headers: str) -> bytes:
@@ -385,9 +388,9 @@ def bench_http(fake: Fake, seconds: float, rounds: int) -> dict[str, float | Non
                         continue
                     share = len(requests) // rounds
                     before = svc.cpu_s()
-                    rate = http_load(svc.url, requests[r * share:(r + 1) * share], seconds)
-                    rates[kind].append(rate)
-                    cpu[kind].append((svc.cpu_s() - before) / (rate * seconds) * 1000)
+                    done, took = http_load(svc.url, requests[r * share:(r + 1) * share], seconds)
+                    rates[kind].append(done / took)
+                    cpu[kind].append((svc.cpu_s() - before) / done * 1000)
     result: dict[str, float | None] = {
         "health_per_s": max(rates["health"]),
         "pixel_per_s": max(rates["pixel"], default=None),

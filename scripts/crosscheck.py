@@ -81,7 +81,11 @@ class Emulator:
             env=env, stdout=subprocess.DEVNULL,
         )
         self.http = httpx.Client(base_url=self.url, timeout=120)
-        wait_until(self._up, timeout=30)
+        try:
+            wait_until(self._up, timeout=30)
+        except BaseException:
+            self.close()
+            raise
 
     def _up(self) -> bool:
         try:
@@ -121,7 +125,14 @@ def ceiling(ses: Emulator, n: int) -> dict[str, Any]:
         cpu0, ses_cpu0 = svc.cpu_s(), ses.cpu_s()
         started = time.perf_counter()
         svc.post("crosscheck", emails("cross", n))
-        wait_until(lambda: svc.stats("crosscheck")["sent"] >= n, timeout=300, interval=0.05)
+
+        def settled() -> bool:
+            counts = svc.stats("crosscheck")
+            if counts["failed"]:
+                raise SystemExit(f"the service failed {counts['failed']} sends: {counts}")
+            return counts["sent"] >= n
+
+        wait_until(settled, timeout=300, interval=0.05)
         seconds = time.perf_counter() - started
         svc_cpu, ses_cpu = svc.cpu_s() - cpu0, ses.cpu_s() - ses_cpu0
         stats = svc.stats("crosscheck")

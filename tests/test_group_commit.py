@@ -93,3 +93,39 @@ async def test_inline_batches_gather_writes_arriving_in_the_next_passes(tmp_path
     # pass later need a transaction of their own.
     assert await _transactions_for_staggered_writes(tmp_path, gather=0) > 1
     assert await _transactions_for_staggered_writes(tmp_path, gather=4) == 1
+
+
+async def test_a_batch_that_cannot_run_fails_every_write_in_it(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+
+    async def busy(fn: Callable[[sqlite3.Connection], bool]) -> bool:
+        return False  # as if another process held the write lock
+
+    calls = 0
+
+    async def broken_once(fn: Callable[[sqlite3.Connection], bool]) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreError("no worker thread")
+        return fn(conn)
+
+    group = GroupCommit(broken_once, inline=busy, inline_max=32, gather=2)
+    outcomes: list[object] = []
+
+    async def write(i: int) -> None:
+        try:
+            outcomes.append(await group.write(
+                lambda c: c.execute("INSERT INTO t VALUES (?)", (i,)).rowcount))
+        except StoreError as exc:
+            outcomes.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(write, i)
+    assert len(outcomes) == 3
+    # The three shared the batch that could not run: nobody is told "stored".
+    assert all(isinstance(o, StoreError) for o in outcomes)
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)

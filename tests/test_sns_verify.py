@@ -348,11 +348,21 @@ def test_failed_fetch_is_not_repeated_for_a_while(signer: SnsSigner, tmp_path: P
             store.get(signer.cert_url())
     assert len(calls) == 1
     with pytest.raises(CertUnavailable, match="not asked again within 60s"):
-        store.get(signer.cert_url("eu-west-1"))  # same file name on another region's host
+        store.get(signer.cert_url())
+    assert len(calls) == 1
+    # A forgery naming the certificate on another region's host is that
+    # host's 404: the real host is still asked.
+    failing = False
+    store.get(signer.cert_url("eu-west-1"))
+    assert len(calls) == 2
+    failing = True
+    store = CertStore(tmp_path / "fresh", fetch, retry_after=60, clock=lambda: now[0])
+    with pytest.raises(CertUnavailable):
+        store.get(signer.cert_url())
     now[0] += 61
     failing = False
     assert store.get(signer.cert_url()).public_numbers() == signer.key.public_key().public_numbers()
-    assert len(calls) == 2
+    assert len(calls) == 4
 
 
 def test_transient_fetch_failures_are_retried_at_once(signer: SnsSigner, tmp_path: Path) -> None:

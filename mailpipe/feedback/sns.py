@@ -253,7 +253,7 @@ class CertStore:
         self._retry_after = retry_after
         self._clock = clock
         self._failed: dict[str, float] = {}
-        """When SNS last said each certificate name does not exist: anyone may
+        """When SNS last said each ``host/name`` does not exist: anyone may
         post a message naming a made-up certificate, and each must not cost a fetch."""
         self._keys: dict[str, rsa.RSAPublicKey] = {}
         self._by_url: dict[str, rsa.RSAPublicKey] = {}
@@ -289,9 +289,10 @@ class CertStore:
         if key is None:
             key = self._load(host, name)
         with self._lock:
-            if len(self._keys) >= self._max_keys:
-                del self._keys[next(iter(self._keys))]
-            self._keys[name] = key
+            if name not in self._keys:
+                if len(self._keys) >= self._max_keys:
+                    del self._keys[next(iter(self._keys))]
+                self._keys[name] = key
             if len(self._by_url) >= self._max_keys:
                 del self._by_url[next(iter(self._by_url))]
             self._by_url[url] = key
@@ -306,8 +307,11 @@ class CertStore:
             pass
         if self._fetch is None:
             raise CertUnavailable(f"{name} is not in {self.cache_dir} and fetching is off")
+        # By host and name: a forged message naming a real certificate on
+        # another region's host (404 there) must not block the real one.
+        where = f"{host}/{name}"
         with self._lock:
-            failed = self._failed.get(name)
+            failed = self._failed.get(where)
         if failed is not None and self._clock() - failed < self._retry_after:
             raise CertUnavailable(
                 f"SNS said {name} does not exist {self._clock() - failed:.0f}s ago;"
@@ -317,8 +321,8 @@ class CertStore:
             pem = self._fetch(f"https://{host}/{name}")
         except CertNotFound:  # not a transient failure: SNS's retries must not wait
             with self._lock:
-                self._failed.pop(name, None)
-                self._failed[name] = self._clock()
+                self._failed.pop(where, None)
+                self._failed[where] = self._clock()
                 while len(self._failed) > MAX_FAILED_NAMES:
                     del self._failed[next(iter(self._failed))]
             raise

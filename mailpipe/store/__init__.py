@@ -398,15 +398,19 @@ class Store:
         """
 
         def txn(conn: sqlite3.Connection) -> int:
+            stops = conn.execute("SELECT topic_id, upto_id FROM topic_stops").fetchall()
+            if not stops:
+                return 0
+            stopped = 0
             with transaction(conn):
-                stopped = conn.execute(
-                    "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
-                    " WHERE status IN (0, 1) AND id <= (SELECT s.upto_id FROM topic_stops s"
-                    " WHERE s.topic_id = email_requests.topic_id)",
-                    (to_db(now),),
-                ).rowcount
+                for topic_id, upto in stops:  # each by the topic index, not a table scan
+                    stopped += conn.execute(
+                        "UPDATE email_requests SET status = 4, error = 'stopped',"
+                        " updated_at = ? WHERE topic_id = ? AND id <= ? AND status IN (0, 1)",
+                        (to_db(now), topic_id, upto),
+                    ).rowcount
                 conn.execute("DELETE FROM topic_stops")
-                return int(stopped)
+            return stopped
 
         return await self._w.run(txn)
 

@@ -68,14 +68,24 @@ class GroupCommit:
                 # Shielded: once taken from the queue, a batch runs to the end,
                 # or the other writers in it would wait forever.
                 small = self._inline is not None and len(batch) <= self._inline_max
-                with trio.CancelScope(shield=True):
-                    # On the loop only if the write lock is free at once:
-                    # another process holding it must not stall the loop.
-                    done = small and self._inline is not None and await self._inline(
-                        partial(_apply, batch, wait=False)
-                    )
-                    if not done:
-                        await self._run(partial(_apply, batch))
+                try:
+                    with trio.CancelScope(shield=True):
+                        # On the loop only if the write lock is free at once:
+                        # another process holding it must not stall the loop.
+                        done = small and self._inline is not None and await self._inline(
+                            partial(_apply, batch, wait=False)
+                        )
+                        if not done:
+                            await self._run(partial(_apply, batch))
+                finally:
+                    # Whatever went wrong around _apply (a thread, a PRAGMA),
+                    # no writer of this batch may be left waiting or told "stored".
+                    for _, other in batch:
+                        if not other.done:
+                            other.error = StoreError("write not run: the transaction failed")
+                            other.done = True
+        if not slot.done:  # never: every batch settles all its slots
+            raise StoreError("write lost by the group commit")
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
@@ -95,7 +105,8 @@ def _apply(
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if not wait and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            # Extended codes (SQLITE_BUSY_RECOVERY, ...) share the low byte.
+            if not wait and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 settled = False
                 return False
             raise
