@@ -36,7 +36,7 @@ from mailpipe.limiter import RateLimiter
 from mailpipe.metrics import Metrics
 from mailpipe.pause import PauseGate
 from mailpipe.status import Status
-from mailpipe.stops import TopicStops
+from mailpipe.stops import RecentSuppressions, TopicStops
 from mailpipe.store import Outcome
 from mailpipe.transport import Email, SendResult, Transport
 
@@ -107,6 +107,7 @@ class SenderPool:
         self.max_batch = batch_size(transport.max_batch, limiter.target)
         self.handed: MutableMapping[int, str] = handed if handed is not None else {}
         self.stops = TopicStops()
+        self.suppressed = RecentSuppressions()
         self.gate = gate or PauseGate()
         self.in_flight = 0
         self.on_receive: Callable[[int], None] = lambda n: None
@@ -179,9 +180,10 @@ class SenderPool:
             raise
         # From here to the hand-off nothing awaits: a stop or a pause seen now
         # is the last word, and the call leaves on the permit just taken.
-        live = [j for j in batch if not self.stops.stopped(j.topic_id, j.request_id)]
-        dead = [Outcome(j.request_id, Status.STOPPED, error="stopped") for j in batch
-                if self.stops.stopped(j.topic_id, j.request_id)]
+        withheld = [self._withheld(j) for j in batch]
+        live = [j for j, why in zip(batch, withheld, strict=True) if why is None]
+        dead = [Outcome(j.request_id, Status.STOPPED, error=why)
+                for j, why in zip(batch, withheld, strict=True) if why is not None]
         if self._stopping:
             live = []  # still PROCESSING: the service requeues them on the way out
         elif self.gate.paused:
@@ -216,14 +218,21 @@ class SenderPool:
                           for j in batch])
         return True
 
+    def _withheld(self, job: Job) -> str | None:
+        """Why ``job`` must not be sent now (its ``error``), or None to send it."""
+        if self.stops.stopped(job.topic_id, job.request_id):
+            return "stopped"
+        reason = self.suppressed.reason(job.to)
+        return None if reason is None else f"suppressed: {reason}"
+
     async def _live(self, batch: list[Job]) -> list[Job]:
-        live = [job for job in batch if not self.stops.stopped(job.topic_id, job.request_id)]
-        if len(live) < len(batch):
-            kept = {job.request_id for job in live}
-            dead = [job for job in batch if job.request_id not in kept]
+        withheld = [self._withheld(job) for job in batch]
+        dead = [Outcome(j.request_id, Status.STOPPED, error=why)
+                for j, why in zip(batch, withheld, strict=True) if why is not None]
+        if dead:
             self._metrics.stopped.inc(len(dead))
-            await self._emit([Outcome(j.request_id, Status.STOPPED, error="stopped") for j in dead])
-        return live
+            await self._emit(dead)
+        return [j for j, why in zip(batch, withheld, strict=True) if why is None]
 
     async def _call(
         self,

@@ -1,10 +1,18 @@
-"""Topics stopped by ``DELETE /v1/topics/{id}``, as the sender checks them."""
+"""What the sender checks just before handing a request to SES.
+
+Topics stopped by ``DELETE /v1/topics/{id}``, and addresses suppressed while
+the process runs: both can come after a request was claimed.
+"""
 
 from __future__ import annotations
 
+import string
 from collections import OrderedDict
+from collections.abc import Iterable
 
 MAX_TOPICS = 100_000
+MAX_ADDRESSES = 100_000
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 class TopicStops:
@@ -31,3 +39,41 @@ class TopicStops:
         """Whether the request was stopped."""
         upto = self._upto.get(topic_id)
         return upto is not None and request_id <= upto
+
+
+class RecentSuppressions:
+    """Addresses suppressed (bounce, complaint, unsubscribe) since the process started.
+
+    The store stops a suppressed address when it claims the row; this covers
+    rows claimed before the suppression came, waiting for a permit or a retry.
+    Addresses compare as the store compares them (``lower(trim(address))``:
+    spaces trimmed, ASCII letters folded). Past ``MAX_ADDRESSES`` the oldest are
+    forgotten: by then their rows were claimed after the suppression.
+    """
+
+    def __init__(self, max_addresses: int = MAX_ADDRESSES) -> None:
+        self._reasons: OrderedDict[str, str] = OrderedDict()
+        self._max = max_addresses
+
+    def add(self, suppressions: Iterable[tuple[str, str]]) -> None:
+        """Remember each (address, reason); an address keeps its first reason."""
+        for address, reason in suppressions:
+            key = _key(address)
+            self._reasons.setdefault(key, reason)
+            self._reasons.move_to_end(key)
+            while len(self._reasons) > self._max:
+                self._reasons.popitem(last=False)
+
+    def discard(self, address: str) -> None:
+        """Forget ``address`` (its suppression was lifted)."""
+        self._reasons.pop(_key(address), None)
+
+    def reason(self, address: str) -> str | None:
+        """Why ``address`` was suppressed, or None."""
+        if not self._reasons:
+            return None
+        return self._reasons.get(_key(address))
+
+
+def _key(address: str) -> str:
+    return address.strip(" ").translate(_ASCII_LOWER)

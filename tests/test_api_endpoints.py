@@ -244,6 +244,46 @@ async def test_delete_racing_the_sender_stops_every_row_not_yet_handed_to_ses(
     assert not sent_ids & stopped_ids
 
 
+async def test_an_unsubscribe_withholds_rows_already_claimed_for_that_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim-time suppression check has passed for rows waiting for a permit."""
+    emails = [f"wait{i}@example.com" for i in range(20)]
+    with FakeSES(latency=0.3) as ses:
+        config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=5)  # a call a second
+        with trio.fail_after(30):
+            async with running_service(config) as svc, api_client(svc) as client:
+                assert (await client.post("/v1/messages", json=send("wait", emails))).is_success
+
+                async def one_call_arrived() -> bool:
+                    return len(ses.received) >= 1
+
+                await until(one_call_arrived, interval=0.005)
+                first = {request_id(m) for m in ses.received}
+                claimed = request_ids(config.db_path, "wait", 1) - first
+                rid = max(claimed)  # claimed, waiting for a later permit
+                to = emails[rid - 1]
+                link = svc.tokens.unsubscribe_url("", rid, to)
+                response = await client.post(
+                    link, data={"List-Unsubscribe": "One-Click"}, headers={"x-api-key": ""}
+                )
+                assert response.status_code == 200
+
+                async def settled() -> bool:
+                    counts = await stats(client, "wait")
+                    return counts["sent"] + counts["stopped"] == 20
+
+                await until(settled)
+                received = [m.to[0] for m in ses.received]
+                with closing(sqlite3.connect(config.db_path)) as db:
+                    rows = dict(db.execute(
+                        'SELECT "to", error FROM email_requests WHERE id = ?', (rid,)).fetchall())
+    assert len(claimed) >= 5  # the next call's recipients were claimed already
+    assert to not in received
+    assert sorted(received) == sorted(set(emails) - {to})
+    assert rows == {to: "suppressed: unsubscribe"}
+
+
 # -- scheduled sends ------------------------------------------------------------------
 
 

@@ -85,9 +85,10 @@ async def click() -> Response:
 @bp.get("/v1/unsubscribe")
 async def unsubscribe_page() -> Response:
     """A page whose button confirms the unsubscribe; the GET itself changes nothing."""
-    rid = await _unsubscribe_link()
-    if isinstance(rid, Response):
-        return rid
+    link = await _unsubscribe_link()
+    if isinstance(link, Response):
+        return link
+    rid, _to = link
     token = request.args["t"]  # checked: URL-safe base64
     body = (
         "<p>Stop receiving these emails?</p>"
@@ -102,9 +103,10 @@ async def unsubscribe_page() -> Response:
 @bp.post("/v1/unsubscribe")
 async def unsubscribe() -> Response:
     """RFC 8058 one-click unsubscribe: suppress the recipient, answer 200."""
-    rid = await _unsubscribe_link()
-    if isinstance(rid, Response):
-        return rid
+    link = await _unsubscribe_link()
+    if isinstance(link, Response):
+        return link
+    rid, to = link
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
         return _page(413, "Request too large", "The request is too large.")
     form = await request.form
@@ -117,13 +119,14 @@ async def unsubscribe() -> Response:
     except StoreError as exc:
         log.error("unsubscribe of request %d not stored: %s", rid, exc)
         return _try_again()
+    service().pool.suppressed.add([(to, "unsubscribe")])  # rows claimed already, too
     if added:
         log.info("request %d: recipient unsubscribed (%s)", rid, source)
     return _page(200, "Unsubscribed", "You are unsubscribed and will get no more of these emails.")
 
 
-async def _unsubscribe_link() -> int | Response:
-    """The request id of a genuine unsubscribe link, else the page to answer."""
+async def _unsubscribe_link() -> tuple[int, str] | Response:
+    """The request id and recipient of a genuine unsubscribe link, else the page to answer."""
     raw_id, token = request.args.get("requestId"), request.args.get("t")
     svc = service()
     parsed = _parse_id(raw_id)
@@ -135,7 +138,7 @@ async def _unsubscribe_link() -> int | Response:
         log.error("unsubscribe link of request %d not checked: %s", parsed, exc)
         return _try_again()
     rid = svc.tokens.check_unsubscribe(raw_id, token, to)
-    return _invalid_unsubscribe() if rid is None else rid
+    return _invalid_unsubscribe() if rid is None or to is None else (rid, to)
 
 
 def _parse_id(raw: str | None) -> int | None:

@@ -147,6 +147,8 @@ async def _notification(svc: Service, msg: SnsMessage) -> dict[str, Any]:
     except StoreError as exc:
         log.error("SNS notification %s not stored (SNS will retry): %s", msg["MessageId"], exc)
         raise ApiError(503, "notification not stored; retry later") from None
+    # Rows already claimed for these addresses are stopped before they are handed.
+    svc.pool.suppressed.add(outcome.suppressions)
     if outcome.duplicate:
         log.info("SNS notification %s was already stored", msg["MessageId"])
         return {"status": "duplicate"}

@@ -57,7 +57,9 @@ async def get_suppression(email: str) -> dict[str, Any]:
 @require_key
 async def delete_suppression(email: str) -> dict[str, Any]:
     """Lift the suppression of ``email`` (later sends reach it); 404 when there is none."""
-    if not await service().store.delete_suppression(_address(email)):
+    svc = service()
+    svc.pool.suppressed.discard(email)  # even when the store has none: no stale entry
+    if not await svc.store.delete_suppression(_address(email)):
         raise ApiError(404, "address is not suppressed")
     return {"deleted": True}
 

@@ -47,6 +47,8 @@ class FeedbackOutcome:
     results: int = 0
     matched: int = 0
     suppressed: int = 0
+    suppressions: tuple[tuple[str, str], ...] = ()
+    """(address, reason) of each recipient the record suppresses, new or not."""
 
 
 Match = tuple[int | None, str | None]
@@ -117,14 +119,19 @@ def record_event_in_transaction(
         ],
     )
     suppressed = 0
+    suppressions: list[tuple[str, str]] = []
     reason = "complaint" if event.complaint else "bounce" if event.permanent_bounce else None
     if reason is not None:
         source = event.ses_message_id or sns_message_id
         for rid, rcpt in matches:
             if rcpt is not None:
                 suppressed += add_suppression(conn, rcpt, reason, source, rid, now)
+                suppressions.append((rcpt, reason))
     return FeedbackOutcome(
-        results=len(rows), matched=sum(rid is not None for rid, _ in rows), suppressed=suppressed
+        results=len(rows),
+        matched=sum(rid is not None for rid, _ in rows),
+        suppressed=suppressed,
+        suppressions=tuple(suppressions),
     )
 
 
