@@ -7,6 +7,8 @@ does not accumulate into drift. A call that needs ``k`` permits (a bulk send of
 ``k`` recipients) takes ``k`` consecutive slots and starts at its first one;
 a sliding-window guard then delays it until the last second holds room for
 all ``k``, so no 1-second window ever sees more than ``ceiling`` sends start.
+A call that left late (:meth:`RateLimiter.left_late`) counts in that guard
+from when it really left, so an on-time call cannot follow it too closely.
 
 On throttling the effective rate is cut multiplicatively and then climbs back
 additively toward the configured rate (AIMD), see :meth:`RateLimiter.throttled`.
@@ -26,6 +28,8 @@ WINDOW = 1.0
 # keeps the count *as the provider sees it* within the rate in every window,
 # at the cost of sending 0.6 % below the configured rate.
 MARGIN = 0.006
+# How long after its start a call may still report that it left late.
+LATE_REPORTS_S = 10.0
 
 
 class RateLimiter:
@@ -55,6 +59,9 @@ class RateLimiter:
         self._in_window = 0
         self._last_cut = -math.inf
         self._span = WINDOW + margin
+        self._late: deque[tuple[float, float]] = deque()
+        self._reserved: dict[float, int] = {}
+        """Permits of each start still in the window, as reserved (not yet corrected)."""
 
     def reserve(self, k: int = 1, *, lead: float = 0.0) -> float:
         """Reserve ``k`` permits; returns the time the caller may start.
@@ -64,12 +71,37 @@ class RateLimiter:
         """
         if not 1 <= k <= self.ceiling:
             raise ValueError(f"k must be between 1 and {self.ceiling}")
+        self._apply_late()
         start = max(self._next, self._clock() + lead)
         start = self._room_for(start, k)
         self._window.append((start, k))
         self._in_window += k
+        self._reserved[start] = k
+        while (first := next(iter(self._reserved))) < start - LATE_REPORTS_S:
+            del self._reserved[first]
         self._next = start + k * self._span / self.rate
         return start
+
+    def left_late(self, start: float, late: float) -> None:
+        """The call reserved for ``start`` left ``late`` seconds after it.
+
+        Safe from any thread (one deque append); applied at the next reservation.
+        """
+        self._late.append((start, late))
+
+    def _apply_late(self) -> None:
+        changed = False
+        while self._late:
+            start, late = self._late.popleft()
+            # Starts are unique (each is after the last), so a start names its
+            # reservation; one the window has dropped already needs nothing.
+            k = self._reserved.pop(start, None)
+            if k is not None and (start, k) in self._window:
+                self._window.remove((start, k))
+                self._window.append((start + late, k))
+                changed = True
+        if changed:
+            self._window = deque(sorted(self._window))
 
     def pacing(self, *, lead: float = 0.0) -> bool:
         """Whether the next permit is further away than ``lead`` (the rate binds)."""

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -38,7 +39,7 @@ from mailpipe.pause import PauseGate
 from mailpipe.status import Status
 from mailpipe.stops import RecentSuppressions, TopicStops
 from mailpipe.store import Outcome
-from mailpipe.transport import Email, SendResult, Transport
+from mailpipe.transport import Email, Release, SendResult, Transport
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,12 @@ class SenderPool:
             for job in live:
                 self.handed[job.request_id] = job.topic_id
             release_at = (
-                time.perf_counter() + (start - trio.current_time()) if self._lead else None
+                Release(
+                    time.perf_counter() + (start - trio.current_time()),
+                    partial(self._limiter.left_late, start),
+                )
+                if self._lead
+                else None
             )
             assert self._workers is not None
             self._workers.start_soon(self._call, live, composed, token, release_at)

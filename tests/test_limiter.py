@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from mailpipe.limiter import MARGIN, RateLimiter
 from mailpipe.sender import batch_size
+from mailpipe.transport import Release, hold_until
 
 EPS = 1e-9
 
@@ -121,6 +123,37 @@ def test_window_guard_holds_for_any_sequence(sizes: list[int], rate: int) -> Non
     assert max_in_window(starts) <= rate
 
 
+@given(st.lists(st.tuples(st.integers(min_value=1, max_value=50),
+                          st.sampled_from([0.0, 0.0, 0.0, 0.004, 0.02, 0.3])),
+                min_size=1, max_size=60),
+       st.integers(min_value=50, max_value=200))
+def test_calls_that_leave_late_still_keep_every_window_within_the_rate(
+    calls: list[tuple[int, float]], rate: int
+) -> None:
+    # A worker thread can reach its permit late (GIL, a loaded machine). The
+    # lateness is reported as the call leaves, before the next reservation;
+    # counted from when calls really left, no window holds more than the rate.
+    now = [0.0]
+    limiter = RateLimiter(rate, clock=lambda: now[0])
+    left = []
+    for k, late in calls:
+        t = limiter.reserve(k)
+        now[0] = max(now[0], t + late)
+        if late:
+            limiter.left_late(t, late)
+        left.append((t + late, k))
+    assert max_in_window(sorted(left)) <= rate
+
+
+def test_a_late_call_pushes_back_the_call_that_would_follow_it_too_closely() -> None:
+    now = [0.0]
+    limiter = RateLimiter(50, clock=lambda: now[0])
+    first = limiter.reserve(50)
+    limiter.left_late(first, 0.02)
+    second = limiter.reserve(50)
+    assert second == pytest.approx(first + 0.02 + 1 + MARGIN)  # not first + 1 + MARGIN
+
+
 async def test_throttling_cuts_the_rate_and_recovery_climbs_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -149,3 +182,12 @@ async def test_throttled_rate_spaces_permits_wider(autojump_clock: trio.testing.
     limiter.throttled()
     starts = await run_consumers(limiter, n_tasks=2, per_task=20)
     assert max_in_window(starts) <= 20
+
+
+def test_a_release_reached_late_reports_how_late() -> None:
+    reported: list[float] = []
+    hold_until(Release(time.perf_counter() - 0.05, reported.append))  # the thread came late
+    assert len(reported) == 1 and reported[0] >= 0.05
+    hold_until(None)
+    hold_until(time.perf_counter() - 1.0)  # a plain moment reports nothing, and does not wait
+    assert len(reported) == 1

@@ -4,7 +4,8 @@
 order, one :class:`SendResult` per email. ``release_at`` (a ``time.perf_counter``
 value) is the rate limiter's permit: the transport prepares the call, then
 holds it until that moment, so the request leaves on schedule however long
-building it took. It blocks (it is called in a worker thread) and
+building it took; a :class:`Release` also reports when the call really
+left, to the limiter. It blocks (it is called in a worker thread) and
 never raises for a per-email failure: it returns a result holding a classified
 :class:`~mailpipe.errors.SendError`. Exceptions escape only for bugs.
 """
@@ -12,7 +13,7 @@ never raises for a per-email failure: it returns a result holding a classified
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,12 +63,32 @@ class Transport(Protocol):
         ...
 
 
+class Release(float):
+    """A ``time.perf_counter`` moment to send at, which also reports lateness.
+
+    A worker thread can reach the moment late (the GIL, a busy machine); the
+    call then leaves late, and ``on_late(seconds)`` is told so right away, from
+    that thread.
+    """
+
+    on_late: Callable[[float], None]
+
+    def __new__(cls, at: float, on_late: Callable[[float], None]) -> Release:
+        release = super().__new__(cls, at)
+        release.on_late = on_late
+        return release
+
+
 def hold_until(release_at: float | None) -> None:
     """Block the calling (worker) thread until ``release_at`` on ``time.perf_counter``."""
     if release_at is not None:
         delay = release_at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        if isinstance(release_at, Release):
+            late = time.perf_counter() - release_at
+            if late > 0:
+                release_at.on_late(late)
 
 
 def request_headers(request_id: int) -> tuple[tuple[str, str], ...]:
