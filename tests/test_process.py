@@ -73,7 +73,12 @@ def test_rate_50_sends_500_exactly_once_at_the_rate(tmp_path: Path, quiet_gc: No
     assert sorted(m["to"][0] for m in received) == sorted(emails)  # exactly once each
     assert all(dict(m["headers"])["X-Request-ID"].isdigit() for m in received)
     assert arrivals[0] - posted < 1.0
-    assert max_in_window(arrivals) <= 50
+    # At rate 50 each second is one call of 50, spaced 1.006 s apart. The stamps
+    # also carry this shared machine's scheduling jitter between the hand-off
+    # and the endpoint (calls 10-26 ms late were seen when the host was busy),
+    # which no sender can prevent: windows here allow 30 ms of it. The limiter's
+    # exact 1 s guarantee is proven without jitter in test_limiter.py.
+    assert max_in_window(arrivals, window=0.97) <= 50
     assert 9.0 <= arrivals[-1] - arrivals[0] <= 11.0
     # A metrics line every 5 s while sending.
     reports = metric_lines(svc)
