@@ -72,14 +72,16 @@ class RateLimiter:
         if not 1 <= k <= self.ceiling:
             raise ValueError(f"k must be between 1 and {self.ceiling}")
         self._apply_late()
-        start = max(self._next, self._clock() + lead)
-        start = self._room_for(start, k)
+        planned = max(self._next, self._clock() + lead)
+        start = self._room_for(planned, k)
         self._window.append((start, k))
         self._in_window += k
         self._reserved[start] = k
         while (first := next(iter(self._reserved))) < start - LATE_REPORTS_S:
             del self._reserved[first]
-        self._next = start + k * self._span / self.rate
+        # The schedule goes on from the planned slot: a call the window guard
+        # pushed back (after a late one) delays itself, not every later call.
+        self._next = planned + k * self._span / self.rate
         return start
 
     def left_late(self, start: float, late: float) -> None:

@@ -154,6 +154,19 @@ def test_a_late_call_pushes_back_the_call_that_would_follow_it_too_closely() -> 
     assert second == pytest.approx(first + 0.02 + 1 + MARGIN)  # not first + 1 + MARGIN
 
 
+def test_a_pushed_call_does_not_shift_the_schedule_after_it() -> None:
+    now = [0.0]
+    limiter = RateLimiter(100, clock=lambda: now[0])
+    a = limiter.reserve(50)
+    b = limiter.reserve(50)
+    limiter.left_late(a, 0.02)
+    c = limiter.reserve(50)
+    d = limiter.reserve(50)
+    span = 1 + MARGIN
+    assert (b, c) == (pytest.approx(a + span / 2), pytest.approx(a + 0.02 + span))
+    assert d == pytest.approx(a + 1.5 * span)  # back on the planned slot: the mean holds
+
+
 async def test_throttling_cuts_the_rate_and_recovery_climbs_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
