@@ -59,6 +59,15 @@ async def until(check: Callable[[], Awaitable[bool]], interval: float = 0.02) ->
         await trio.sleep(interval)
 
 
+async def first_call(ses: FakeSES) -> None:
+    """Return as soon as the first call has reached ``ses``."""
+
+    async def arrived() -> bool:
+        return len(ses.received) >= 1
+
+    await until(arrived, interval=0.005)
+
+
 async def stats(client: httpx.AsyncClient, topic: str) -> dict[str, int]:
     response = await client.get(f"/v1/topics/{topic}")
     assert response.status_code == 200
@@ -209,11 +218,7 @@ async def test_delete_racing_the_sender_stops_every_row_not_yet_handed_to_ses(
         with trio.fail_after(30):
             async with running_service(config) as svc, api_client(svc) as client:
                 assert (await client.post("/v1/messages", json=send("race", emails))).is_success
-
-                async def one_call_arrived() -> bool:
-                    return len(ses.received) >= 1
-
-                await until(one_call_arrived, interval=0.005)
+                await first_call(ses)
                 # Right after a call reached SES the next one is ~1 s away: every row
                 # is either handed (in that call) or claimed and waiting in memory.
                 waiting = await stats(client, "race")
@@ -254,11 +259,7 @@ async def test_an_unsubscribe_withholds_rows_already_claimed_for_that_address(
         with trio.fail_after(30):
             async with running_service(config) as svc, api_client(svc) as client:
                 assert (await client.post("/v1/messages", json=send("wait", emails))).is_success
-
-                async def one_call_arrived() -> bool:
-                    return len(ses.received) >= 1
-
-                await until(one_call_arrived, interval=0.005)
+                await first_call(ses)
                 first = {request_id(m) for m in ses.received}
                 claimed = request_ids(config.db_path, "wait", 1) - first
                 rid = max(claimed)  # claimed, waiting for a later permit
