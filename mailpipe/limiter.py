@@ -28,8 +28,6 @@ WINDOW = 1.0
 # keeps the count *as the provider sees it* within the rate in every window,
 # at the cost of sending 0.6 % below the configured rate.
 MARGIN = 0.006
-# How long after its start a call may still report that it left late.
-LATE_REPORTS_S = 10.0
 
 
 class RateLimiter:
@@ -59,9 +57,7 @@ class RateLimiter:
         self._in_window = 0
         self._last_cut = -math.inf
         self._span = WINDOW + margin
-        self._late: deque[tuple[float, float]] = deque()
-        self._reserved: dict[float, int] = {}
-        """Permits of each start still in the window, as reserved (not yet corrected)."""
+        self._late: deque[tuple[float, int, float]] = deque()
 
     def reserve(self, k: int = 1, *, lead: float = 0.0) -> float:
         """Reserve ``k`` permits; returns the time the caller may start.
@@ -76,29 +72,25 @@ class RateLimiter:
         start = self._room_for(planned, k)
         self._window.append((start, k))
         self._in_window += k
-        self._reserved[start] = k
-        while (first := next(iter(self._reserved))) < start - LATE_REPORTS_S:
-            del self._reserved[first]
         # The schedule goes on from the planned slot: a call the window guard
         # pushed back (after a late one) delays itself, not every later call.
         self._next = planned + k * self._span / self.rate
         return start
 
-    def left_late(self, start: float, late: float) -> None:
-        """The call reserved for ``start`` left ``late`` seconds after it.
+    def left_late(self, start: float, k: int, late: float) -> None:
+        """The call of ``k`` permits reserved for ``start`` left ``late`` seconds after it.
 
         Safe from any thread (one deque append); applied at the next reservation.
         """
-        self._late.append((start, late))
+        self._late.append((start, k, late))
 
     def _apply_late(self) -> None:
         changed = False
         while self._late:
-            start, late = self._late.popleft()
-            # Starts are unique (each is after the last), so a start names its
-            # reservation; one the window has dropped already needs nothing.
-            k = self._reserved.pop(start, None)
-            if k is not None and (start, k) in self._window:
+            start, k, late = self._late.popleft()
+            # The window holds (start, k) values: any entry equal to this one
+            # stands for it, and one the window has dropped needs nothing.
+            if (start, k) in self._window:
                 self._window.remove((start, k))
                 self._window.append((start + late, k))
                 changed = True

@@ -200,7 +200,7 @@ class SenderPool:
             release_at = (
                 Release(
                     time.perf_counter() + (start - trio.current_time()),
-                    partial(self._limiter.left_late, start),
+                    partial(self._limiter.left_late, start, sendable),
                 )
                 if self._lead
                 else None

@@ -140,7 +140,7 @@ def test_calls_that_leave_late_still_keep_every_window_within_the_rate(
         t = limiter.reserve(k)
         now[0] = max(now[0], t + late)
         if late:
-            limiter.left_late(t, late)
+            limiter.left_late(t, k, late)
         left.append((t + late, k))
     assert max_in_window(sorted(left)) <= rate
 
@@ -149,7 +149,7 @@ def test_a_late_call_pushes_back_the_call_that_would_follow_it_too_closely() -> 
     now = [0.0]
     limiter = RateLimiter(50, clock=lambda: now[0])
     first = limiter.reserve(50)
-    limiter.left_late(first, 0.02)
+    limiter.left_late(first, 50, 0.02)
     second = limiter.reserve(50)
     assert second == pytest.approx(first + 0.02 + 1 + MARGIN)  # not first + 1 + MARGIN
 
@@ -159,7 +159,7 @@ def test_a_pushed_call_does_not_shift_the_schedule_after_it() -> None:
     limiter = RateLimiter(100, clock=lambda: now[0])
     a = limiter.reserve(50)
     b = limiter.reserve(50)
-    limiter.left_late(a, 0.02)
+    limiter.left_late(a, 50, 0.02)
     c = limiter.reserve(50)
     d = limiter.reserve(50)
     span = 1 + MARGIN

@@ -136,6 +136,20 @@ def _requests_insert(msg: NewMessage) -> tuple[str, str]:
     return _INSERT_WITH_DATA, json.dumps(list(zip(msg.emails, msg.data, strict=True)))
 
 
+def _stop_rows(
+    conn: sqlite3.Connection, topic_id: str, upto: int, exclude: Sequence[int], now: datetime
+) -> int:
+    """Move the topic's CREATED/PROCESSING rows with ids up to ``upto``, but not in
+    ``exclude``, to STOPPED; how many."""
+    # The ids go in as one JSON array: any number of them, one variable.
+    return int(conn.execute(
+        "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
+        " WHERE topic_id = ? AND id <= ? AND status IN (0, 1)"
+        " AND id NOT IN (SELECT value FROM json_each(?))",
+        (to_db(now), topic_id, upto, json.dumps(list(exclude))),
+    ).rowcount)
+
+
 def _connect(path: Path, cache_mb: int = 64) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -380,13 +394,7 @@ class Store:
                     " DO UPDATE SET upto_id = max(upto_id, excluded.upto_id)",
                     (topic_id, upto, to_db(now)),
                 )
-                # The ids go in as one JSON array: any number of them, one variable.
-                return int(conn.execute(
-                    "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
-                    " WHERE topic_id = ? AND id <= ? AND status IN (0, 1)"
-                    " AND id NOT IN (SELECT value FROM json_each(?))",
-                    (to_db(now), topic_id, upto, json.dumps(list(exclude))),
-                ).rowcount)
+                return _stop_rows(conn, topic_id, upto, exclude, now)
 
         return await self._w.run(txn)
 
@@ -405,11 +413,7 @@ class Store:
             stopped = 0
             with transaction(conn):
                 for topic_id, upto in stops:  # each by the topic index, not a table scan
-                    stopped += conn.execute(
-                        "UPDATE email_requests SET status = 4, error = 'stopped',"
-                        " updated_at = ? WHERE topic_id = ? AND id <= ? AND status IN (0, 1)",
-                        (to_db(now), topic_id, upto),
-                    ).rowcount
+                    stopped += _stop_rows(conn, topic_id, upto, (), now)
                 conn.execute("DELETE FROM topic_stops")
             return stopped
 

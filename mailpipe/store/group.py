@@ -67,12 +67,12 @@ class GroupCommit:
                 batch, self._pending = self._pending, []
                 # Shielded: once taken from the queue, a batch runs to the end,
                 # or the other writers in it would wait forever.
-                small = self._inline is not None and len(batch) <= self._inline_max
+                inline = self._inline if len(batch) <= self._inline_max else None
                 try:
                     with trio.CancelScope(shield=True):
                         # On the loop only if the write lock is free at once:
                         # another process holding it must not stall the loop.
-                        done = small and self._inline is not None and await self._inline(
+                        done = inline is not None and await inline(
                             partial(_apply, batch, wait=False)
                         )
                         if not done:
@@ -84,8 +84,6 @@ class GroupCommit:
                         if not other.done:
                             other.error = StoreError("write not run: the transaction failed")
                             other.done = True
-        if not slot.done:  # never: every batch settles all its slots
-            raise StoreError("write lost by the group commit")
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
