@@ -20,7 +20,7 @@ from mailpipe.content.templates import TemplateError
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import PermanentSendError
 from mailpipe.jobs import Job
-from mailpipe.store import Content
+from mailpipe.model import Content
 from mailpipe.transport import Email, request_headers, request_tags
 
 PREPARED_CACHE = 256

@@ -34,6 +34,9 @@ class Config:
     server_host: str = "http://localhost:3000"
     api_key: str | None = None
     db_path: Path = Path("data/app.db")
+    database_url: str | None = None
+    """``postgresql://…``: share one PostgreSQL database with other instances."""
+    lease_s: float = 10.0
     email_rate: float = 14.0
     max_concurrent: int = 28
     email_sender: str | None = None
@@ -53,6 +56,11 @@ class Config:
     sns_cert_cache_dir: Path = Path("data/sns-certs")
     tracking_secret: str | None = None
     log_level: str = "INFO"
+
+    @property
+    def store_address(self) -> str | Path:
+        """Where the store is: ``DATABASE_URL`` when set, else the SQLite file."""
+        return self.database_url or self.db_path
 
     @property
     def data_dir(self) -> Path:
@@ -100,6 +108,8 @@ def _from_env(env: Mapping[str, str]) -> Config:
         server_host=(get("SERVER_HOST") or f"http://localhost:{port}").rstrip("/"),
         api_key=get("API_KEY"),
         db_path=db_path,
+        database_url=parse("DATABASE_URL", _postgres_url, None),
+        lease_s=parse("LEASE_S", _float_range(2.0, 3600.0), 10.0),
         email_rate=rate,
         max_concurrent=parse("MAX_CONCURRENT", _int_range(1, 10_000), max(1, math.ceil(2 * rate))),
         email_sender=sender,
@@ -164,6 +174,22 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return conv
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def conv(raw: str) -> float:
+        value = float(raw)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return conv
+
+
+def _postgres_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
+    return raw
 
 
 def _positive_float(raw: str) -> float:

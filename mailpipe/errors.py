@@ -3,6 +3,9 @@
     MailpipeError
      ├── ConfigError            a setting is missing or invalid
      ├── StoreError             the database failed
+     │    └── StoreInUse         another mailpipe holds this SQLite database
+     ├── KeyReused              an Idempotency-Key came back with another body
+     ├── LeaseLost              another instance took this instance's claims over
      └── SendError              a transport could not hand a message to SES
           ├── Throttled          SES refused for rate: retry later, slow down
           ├── TransientSendError temporary failure: retry with backoff
@@ -52,3 +55,15 @@ class PermanentSendError(SendError):
 
 class SendingPaused(SendError):
     """The account may not send at all (paused or suspended)."""
+
+
+class StoreInUse(StoreError):
+    """Another mailpipe process holds the SQLite database (one instance per file)."""
+
+
+class KeyReused(MailpipeError):
+    """The idempotency key was used before with a different body."""
+
+
+class LeaseLost(MailpipeError):
+    """This instance missed its heartbeat so long that others took its claimed rows."""

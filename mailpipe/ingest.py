@@ -22,7 +22,7 @@ from typing import Any
 
 from mailpipe.addresses import AddressValidator, InvalidAddress
 from mailpipe.content.templates import TemplateError, check_recipients, compile_message
-from mailpipe.store import NewMessage
+from mailpipe.model import NewMessage
 from mailpipe.timeutil import parse_rfc3339
 
 MAX_TOPIC_ID = 255

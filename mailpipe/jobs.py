@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mailpipe.store import Content
+from mailpipe.model import Content
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from datetime import datetime
 import trio
 
 from mailpipe.errors import StoreError
-from mailpipe.store import Outcome, Store
+from mailpipe.model import Outcome
+from mailpipe.store import Store
 from mailpipe.timeutil import utcnow
 
 log = logging.getLogger(__name__)

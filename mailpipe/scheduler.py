@@ -17,7 +17,8 @@ from datetime import datetime
 import trio
 
 from mailpipe.jobs import Job
-from mailpipe.store import Content, Store
+from mailpipe.model import Content
+from mailpipe.store import Store
 from mailpipe.timeutil import utcnow
 
 log = logging.getLogger(__name__)

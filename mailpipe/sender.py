@@ -35,10 +35,10 @@ from mailpipe.errors import (
 from mailpipe.jobs import Job
 from mailpipe.limiter import RateLimiter
 from mailpipe.metrics import Metrics
+from mailpipe.model import Outcome
 from mailpipe.pause import PauseGate
 from mailpipe.status import Status
 from mailpipe.stops import RecentSuppressions, TopicStops
-from mailpipe.store import Outcome
 from mailpipe.transport import Email, Release, SendResult, Transport
 
 log = logging.getLogger(__name__)

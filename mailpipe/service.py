@@ -116,29 +116,25 @@ async def run_service(
     task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until a shutdown is requested (SIGINT/SIGTERM or :meth:`Service.request_shutdown`)."""
-    async with open_store(config.db_path) as store:
-        stopped = await store.apply_saved_stops(utcnow())
-        if stopped:
+    async with open_store(config.store_address, lease_s=config.lease_s) as store:
+        recovered = await store.recover_claims(utcnow())
+        if recovered.stopped:
             log.warning(
                 "stopped %d requests of topics stopped (DELETE) before an unclean exit: they"
                 " were in an SES call or waiting for a retry then, and are not sent again",
-                stopped,
+                recovered.stopped,
             )
-        requeued = await store.requeue_processing(utcnow())
-        if requeued:
-            log.warning("re-queued %d requests left in processing by an unclean stop", requeued)
+        if recovered.requeued:
+            log.warning(
+                "re-queued %d requests left in processing by an unclean stop", recovered.requeued
+            )
         api_key = resolve_api_key(config)
         async with open_transport(config) as (transport, rate):
             svc = _assemble(config, store, api_key, transport, rate)
             await _supervise(svc, handle_signals, task_status)
-        # Requests of stopped topics that were waiting for a retry (and so kept
-        # out of the DELETE) must not go back to the queue with the others.
-        for topic_id, upto in svc.pool.stops.items():
-            await store.stop_topic(topic_id, upto, exclude=(), now=utcnow())
-        await store.apply_saved_stops(utcnow())  # and forget them: nothing is in flight
-        requeued = await store.requeue_processing(utcnow())
-        if requeued:
-            log.info("returned %d claimed but unsent requests to the queue", requeued)
+        released = await store.release_claims(svc.pool.stops.items(), utcnow())
+        if released.requeued:
+            log.info("returned %d claimed but unsent requests to the queue", released.requeued)
     log.info("stopped")
 
 
@@ -198,7 +194,11 @@ async def _supervise(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_in_scope, aux[0], partial(_watch_signals, svc.request_shutdown))
-        await nursery.start(_in_scope, aux[3], svc.store.run_checkpointer)
+        await nursery.start(_in_scope, aux[3], svc.store.run_upkeep)
+        # HTTP binds before the scheduler claims anything: a port in use ends
+        # the start before a single row is touched.
+        binds = await nursery.start(_serve_http, svc)
+        svc.url = binds[0]
         await nursery.start(svc.recorder.run)
         await nursery.start(svc.pool.run)
         await nursery.start(svc.scheduler.run)
@@ -211,8 +211,6 @@ async def _supervise(
             aux[1],
             Reporter(svc.metrics, queued=lambda: svc.scheduler.queued).run,
         )
-        binds = await nursery.start(_serve_http, svc)
-        svc.url = binds[0]
         log.info(
             "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d",
             svc.url,

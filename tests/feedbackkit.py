@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from snskit import SnsSigner, encode, new_key, sns_time
 
 from mailpipe.feedback import CertUnavailable
+from mailpipe.http.api import topic_stats_json
 from mailpipe.service import Service
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:mailpipe-feedback"
@@ -111,7 +112,7 @@ class Harness:
         assert response.status_code == 200, response.text
 
         async def final() -> bool:
-            stats = await self.svc.store.topic_stats(topic)
+            stats = topic_stats_json(await self.svc.store.topic_stats(topic))
             counts = stats["request"]
             assert isinstance(counts, dict)
             return bool(counts["created"] == 0 and counts["processing"] == 0)

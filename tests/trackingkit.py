@@ -28,6 +28,7 @@ from conftest import api_client, make_config, running_service, ses_config
 from fake_ses import FakeSES
 from feedbackkit import Progress
 
+from mailpipe.http.api import topic_stats_json
 from mailpipe.service import Service
 
 SERVER_HOST = "https://mail.example.test"
@@ -93,7 +94,7 @@ class Harness:
         """Wait until no request of ``topic`` is created or processing."""
 
         async def final() -> bool:
-            counts = (await self.svc.store.topic_stats(topic))["request"]
+            counts = (topic_stats_json(await self.svc.store.topic_stats(topic)))["request"]
             assert isinstance(counts, dict)
             return bool(counts["created"] == 0 and counts["processing"] == 0)
 

@@ -12,11 +12,13 @@ from typing import Any, Final, TypeVar
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from mailpipe.errors import KeyReused
 from mailpipe.http.app import ApiError, require_key, service
 from mailpipe.ingest import Limits, RequestInvalid, parse_send_request
 from mailpipe.memory import trim
-from mailpipe.store import CHECKPOINT_AFTER_ROWS
-from mailpipe.store.idempotency import IdempotencyKey, KeyReused
+from mailpipe.model import IdempotencyKey
+from mailpipe.status import STAT_NAMES
+from mailpipe.store import CHECKPOINT_AFTER_ROWS, TopicStats
 from mailpipe.timeutil import utcnow
 
 bp = Blueprint("api", __name__)
@@ -67,7 +69,7 @@ async def post_messages() -> Response | dict[str, Any]:
     if result.due_now:
         svc.scheduler.nudge()
     if result.count >= CHECKPOINT_AFTER_ROWS:
-        current_app.add_background_task(svc.store.checkpoint)
+        current_app.add_background_task(svc.store.after_large_insert)
         del messages, body  # let the parsed request go before the heap is trimmed
         await trio.to_thread.run_sync(trim, limiter=svc.cpu_limiter)
     return result.answer or _accepted(result.count, started)
@@ -106,7 +108,16 @@ def _replay(answer: dict[str, Any]) -> Response:
 @require_key
 async def topic_stats(topic_id: str) -> dict[str, Any]:
     """Counts of the topic's requests per status and results per event type."""
-    return await service().store.topic_stats(topic_id)
+    return topic_stats_json(await service().store.topic_stats(topic_id))
+
+
+def topic_stats_json(stats: TopicStats) -> dict[str, Any]:
+    """The Go service's shape of a topic's counts."""
+    counts = {STAT_NAMES[status]: n for status, n in stats.requests.items()}
+    return {
+        "request": {"total": sum(counts.values()), **counts},
+        "result": {"statuses": stats.results},
+    }
 
 
 @bp.delete("/v1/topics/<topic_id>")

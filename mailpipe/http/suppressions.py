@@ -10,7 +10,7 @@ from typing import Any, Final
 from quart import Blueprint, request
 
 from mailpipe.http.app import ApiError, require_key, service
-from mailpipe.store.feedback import Suppression
+from mailpipe.model import Suppression
 
 bp = Blueprint("suppressions", __name__)
 

@@ -13,42 +13,17 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
+from mailpipe.model import SUPPRESSION_REASONS, FeedbackOutcome, Suppression
 from mailpipe.timeutil import from_db, to_db
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
 
-SUPPRESSION_REASONS: Final = frozenset({"bounce", "complaint", "unsubscribe"})
 SNS_DEDUPE_KEEP: Final = timedelta(days=7)
 """How long processed SNS MessageIds are remembered (SNS refuses to be older than an hour)."""
-
-
-@dataclass(frozen=True)
-class Suppression:
-    """An address mailpipe never sends to, and why."""
-
-    id: int
-    address: str
-    reason: str
-    source: str | None
-    request_id: int | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class FeedbackOutcome:
-    """What storing one SNS notification did."""
-
-    duplicate: bool = False
-    results: int = 0
-    matched: int = 0
-    suppressed: int = 0
-    suppressions: tuple[tuple[str, str], ...] = ()
-    """(address, reason) of each recipient the record suppresses, new or not."""
 
 
 Match = tuple[int | None, str | None]
@@ -68,18 +43,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def record_event(
-    conn: sqlite3.Connection, sns_message_id: str, event: SesEvent, now: datetime
-) -> FeedbackOutcome:
-    """Store one verified SES record and its suppressions, once per SNS MessageId."""
-    with transaction(conn):
-        return record_event_in_transaction(conn, sns_message_id, event, now)
-
-
 def record_event_in_transaction(
     conn: sqlite3.Connection, sns_message_id: str, event: SesEvent, now: datetime
 ) -> FeedbackOutcome:
-    """:func:`record_event` inside a transaction the caller opened."""
+    """Store one verified SES record and its suppressions, once per SNS MessageId,
+    inside a transaction the caller opened."""
     now_text = to_db(now)
     fresh = conn.execute(
         "INSERT INTO sns_messages (message_id, created_at) VALUES (?, ?)"

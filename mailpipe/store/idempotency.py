@@ -11,33 +11,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from mailpipe.errors import MailpipeError
+from mailpipe.errors import KeyReused
+from mailpipe.model import IdempotencyKey
 from mailpipe.timeutil import to_db
 
 KEEP: Final = timedelta(hours=24)
 """How long a key is honoured."""
-
-
-class KeyReused(MailpipeError):
-    """The idempotency key was used before with a different body."""
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """An ``Idempotency-Key`` and the SHA-256 (hex) of the body it came with.
-
-    ``answer`` builds the response to remember from the count of requests
-    stored; it runs inside the transaction, just before the commit.
-    """
-
-    key: str
-    body_sha256: str
-    answer: Callable[[int], dict[str, Any]]
 
 
 def earlier_answer(

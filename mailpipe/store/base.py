@@ -1,0 +1,240 @@
+"""What the pipeline and the HTTP edge ask of a store: the :class:`Store` protocol.
+
+Two implementations hold every SQL statement mailpipe runs:
+
+- :mod:`mailpipe.store.sqlite`: one instance per database file (the embedded
+  default); ``cluster`` is None.
+- :mod:`mailpipe.store.postgres`: any number of instances on one database;
+  ``cluster`` is a :class:`Cluster` (leases, the shared rate, change events).
+
+Times are aware UTC datetimes. Every method may raise
+:class:`~mailpipe.errors.StoreError` when the database fails or is away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import trio
+
+from mailpipe.model import (
+    Claimed,
+    Content,
+    FeedbackOutcome,
+    IdempotencyKey,
+    InsertResult,
+    NewMessage,
+    Outcome,
+    Recovery,
+    Suppression,
+)
+from mailpipe.status import Status
+
+if TYPE_CHECKING:
+    from mailpipe.feedback.ses_events import SesEvent
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    """A topic's requests per status and its distinct requests per result type."""
+
+    requests: dict[Status, int]
+    results: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    """A change one instance made that the others must apply to what they hold.
+
+    ``kind`` and ``payload``:
+
+    - ``stop``: ``{"topic": str, "upto": int}`` (``DELETE /v1/topics``);
+    - ``suppress``: ``{"entries": [[address, reason], ...]}``;
+    - ``lift``: ``{"address": str}`` (a suppression was deleted);
+    - ``pause``: ``{"reason": str}`` and ``resume``: ``{}`` (the SES account).
+    """
+
+    id: int
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class Cluster(Protocol):
+    """What several instances on one database share (PostgreSQL only)."""
+
+    instance_id: str
+    """This instance's id; claims and outcomes carry it."""
+
+    async def heartbeat(self) -> None:
+        """Register this instance (the first time) or renew its heartbeat.
+
+        Raises :class:`~mailpipe.errors.LeaseLost` when another instance has
+        recovered this one's rows (its registration is gone).
+        """
+
+    async def recover_lapsed(self, lease_s: float, now: datetime) -> Recovery:
+        """Take back the rows of instances whose heartbeat is older than
+        ``lease_s`` (on the database clock): rows a stop covers go to STOPPED,
+        the rest to CREATED; the lapsed registrations are removed."""
+
+    async def rate_transaction(
+        self, update: Callable[[str | None, float], tuple[str, T]]
+    ) -> tuple[T, float]:
+        """Run ``update(state, db_now)`` on the shared rate row, under its lock.
+
+        ``state`` is the JSON text ``update`` returned last time (None at
+        first); ``db_now`` the database clock in epoch seconds. Stores the new
+        state; returns ``update``'s value and the offset that maps the database
+        clock to ``time.perf_counter()`` (``perf = db + offset``), measured in
+        the same round trip.
+        """
+
+    async def events_since(self, cursor: int | None) -> tuple[list[ClusterEvent], int]:
+        """Events newer than ``cursor`` (None: none, only the current cursor), oldest
+        first, and the cursor to pass next time."""
+
+    async def wait_for_events(self, max_wait_s: float) -> None:
+        """Return when an instance published an event, or after ``max_wait_s``."""
+
+    async def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        """Publish an event (``pause`` / ``resume``) to every instance."""
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret ``name`` all instances use: the one stored first, or
+        ``candidate`` when none is (it is then stored)."""
+
+    async def stop_own_claims(
+        self, topic_id: str, upto: int, *, exclude: Sequence[int], now: datetime
+    ) -> int:
+        """Move this instance's PROCESSING rows of the topic (ids up to ``upto``,
+        not in ``exclude``) to STOPPED; how many (a stop made elsewhere)."""
+
+
+class Store(Protocol):
+    """Durable state of requests, contents, results, suppressions and keys."""
+
+    cluster: Cluster | None
+    """Shared state of several instances, or None when this is the only one."""
+
+    # -- ingest ------------------------------------------------------------
+
+    async def insert_messages(
+        self, messages: Sequence[NewMessage], now: datetime, *, key: IdempotencyKey | None = None
+    ) -> InsertResult:
+        """Store every message and its recipients in one transaction (all or nothing).
+
+        With ``key``, checking and remembering the key are part of that
+        transaction: a key used within 24 h stores nothing and returns the
+        earlier answer (``replayed``), or raises
+        :class:`~mailpipe.errors.KeyReused` when its body differed.
+        """
+
+    async def idempotent_answer(self, key: IdempotencyKey, now: datetime) -> dict[str, Any] | None:
+        """The answer given earlier for ``key`` (None when unused within 24 h); raises
+        :class:`~mailpipe.errors.KeyReused` when it came with another body."""
+
+    # -- sending -----------------------------------------------------------
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Claimed]:
+        """Move up to ``limit`` due CREATED rows to PROCESSING (held by this
+        instance), lowest id first. Rows to suppressed addresses go to STOPPED
+        (``suppressed: <reason>``) in the same transaction and are not returned."""
+
+    async def next_scheduled_at(self) -> datetime | None:
+        """When the earliest CREATED row falls due, or None when there is none."""
+
+    async def load_contents(self, ids: Iterable[int]) -> dict[int, Content]:
+        """The contents with these ids."""
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], now: datetime) -> int:
+        """Write outcomes of rows this instance holds (PROCESSING), in one
+        transaction; rows changed. A row no longer held is left alone."""
+
+    async def recover_claims(self, now: datetime) -> Recovery:
+        """At start-up: settle rows a dead predecessor left PROCESSING.
+
+        SQLite (one instance per file): every such row; rows of a stopped topic
+        go to STOPPED, the rest back to CREATED. PostgreSQL: only rows of
+        instances whose lease lapsed (see :meth:`Cluster.recover_lapsed`).
+        """
+
+    async def release_claims(self, stops: Sequence[tuple[str, int]], now: datetime) -> Recovery:
+        """At shutdown, with nothing in flight: this instance's PROCESSING rows
+        covered by ``stops`` (topic, upto) or a stored stop go to STOPPED, the
+        rest back to CREATED."""
+
+    # -- topics ------------------------------------------------------------
+
+    async def max_request_id(self, topic_id: str) -> int | None:
+        """The highest request id of the topic, or None when it has none."""
+
+    async def stop_topic(
+        self, topic_id: str, upto: int, *, exclude: Sequence[int], now: datetime
+    ) -> int:
+        """Store the stop, and move the topic's CREATED rows and this instance's
+        PROCESSING rows (ids up to ``upto``, not in ``exclude``) to STOPPED;
+        how many. Other instances learn of it through a ``stop`` event."""
+
+    async def topic_stats(self, topic_id: str) -> TopicStats:
+        """The topic's requests per status and results per event type."""
+
+    async def count_sent_since(self, since: datetime) -> int:
+        """How many requests reached SENT at or after ``since``."""
+
+    # -- feedback, tracking, suppressions ----------------------------------
+
+    async def record_feedback(
+        self, sns_message_id: str, event: SesEvent, now: datetime
+    ) -> FeedbackOutcome:
+        """Store one verified SES record (results, suppressions) in one
+        transaction, unless this SNS MessageId was stored before (``duplicate``)."""
+
+    async def record_result(self, request_id: int, status: str, raw: str, now: datetime) -> bool:
+        """Add a result (``Open``, ``Click``) to a request; False when there is none."""
+
+    async def recipient_of(self, request_id: int) -> str | None:
+        """The address a request was sent to, or None when there is no such request."""
+
+    async def unsubscribe(self, request_id: int, source: str, raw: str, now: datetime) -> bool:
+        """Suppress the request's recipient (``unsubscribe``) and record an
+        ``Unsubscribe`` result; False when the address was suppressed already."""
+
+    async def add_suppression(
+        self,
+        address: str,
+        reason: str,
+        source: str | None,
+        *,
+        request_id: int | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Never send to ``address`` again; False if it already was."""
+
+    async def get_suppression(self, address: str) -> Suppression | None:
+        """The suppression of ``address`` (compared lower-cased), or None."""
+
+    async def delete_suppression(self, address: str) -> bool:
+        """Lift the suppression of ``address``; False when there was none."""
+
+    async def list_suppressions(
+        self, limit: int, cursor: int | None = None
+    ) -> tuple[list[Suppression], int | None]:
+        """A page of suppressions, newest first, and the next page's cursor (or None)."""
+
+    # -- upkeep ------------------------------------------------------------
+
+    async def run_upkeep(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Background upkeep until cancelled (SQLite: WAL checkpoints)."""
+
+    async def after_large_insert(self) -> None:
+        """Called off the request's path after a large insert (SQLite: checkpoint)."""
+
+    async def ping(self) -> None:
+        """Raise :class:`~mailpipe.errors.StoreError` unless the database answers."""
