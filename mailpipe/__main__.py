@@ -8,7 +8,7 @@ import sys
 import trio
 
 from mailpipe.config import Config, load_config
-from mailpipe.errors import ConfigError, MailpipeError, StoreError
+from mailpipe.errors import ConfigError, LeaseLost, MailpipeError, StoreError
 from mailpipe.memory import limit_arenas
 
 
@@ -64,7 +64,7 @@ def _known_error(exc: BaseException) -> MailpipeError | None:
     """The one expected error behind ``exc`` (possibly inside exception groups)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, ConfigError | StoreError) else None
+    return exc if isinstance(exc, ConfigError | StoreError | LeaseLost) else None
 
 
 if __name__ == "__main__":

@@ -25,3 +25,19 @@ class Job:
     def retried(self, *, failed: bool) -> Job:
         """The same job, one call later; ``failed`` when that call failed transiently."""
         return replace(self, attempt=self.attempt + 1, failures=self.failures + failed)
+
+
+class Backlog:
+    """Claimed jobs waiting in the job channel: the scheduler counts in what it
+    sends, the sender pool counts out what it receives."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def put(self, n: int) -> None:
+        """``n`` jobs went into the channel."""
+        self.count += n
+
+    def take(self, n: int) -> None:
+        """``n`` jobs came out of it (or never went in)."""
+        self.count -= n

@@ -16,9 +16,11 @@ additively toward the configured rate (AIMD), see :meth:`RateLimiter.throttled`.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 
@@ -28,6 +30,34 @@ WINDOW = 1.0
 # keeps the count *as the provider sees it* within the rate in every window,
 # at the cost of sending 0.6 % below the configured rate.
 MARGIN = 0.006
+
+
+class Limiter(Protocol):
+    """What the sender pool needs of a rate limiter: this module's
+    :class:`RateLimiter` on one instance, :mod:`mailpipe.shared_rate`'s on many."""
+
+    @property
+    def target(self) -> float:
+        """The configured rate."""
+
+    @property
+    def rate(self) -> float:
+        """The effective rate (below ``target`` after throttling)."""
+
+    async def permit(self, k: int = 1, *, lead: float = 0.0) -> float:
+        """Reserve ``k`` permits; the trio time the call may start."""
+
+    def left_late(self, start: float, k: int, late: float) -> None:
+        """The call reserved for ``start`` left ``late`` seconds after it (any thread)."""
+
+    def pacing(self, *, lead: float = 0.0) -> bool:
+        """Whether the next permit is further away than ``lead``."""
+
+    def throttled(self) -> None:
+        """The provider said "too fast"."""
+
+    def succeeded(self, k: int = 1) -> None:
+        """``k`` sends went through."""
 
 
 class RateLimiter:
@@ -53,8 +83,8 @@ class RateLimiter:
         self.recovery_per_s = recovery_per_s if recovery_per_s is not None else rate / 20
         self._clock = clock
         self._next = -math.inf
-        self._window: deque[tuple[float, int]] = deque()
-        self._in_window = 0
+        self._window: list[tuple[float, int]] = []
+        """Recent and future calls (start, k), sorted by start."""
         self._last_cut = -math.inf
         self._span = WINDOW + margin
         self._late: deque[tuple[float, int, float]] = deque()
@@ -70,12 +100,15 @@ class RateLimiter:
         self._apply_late()
         planned = max(self._next, self._clock() + lead)
         start = self._room_for(planned, k)
-        self._window.append((start, k))
-        self._in_window += k
+        bisect.insort(self._window, (start, k))
         # The schedule goes on from the planned slot: a call the window guard
         # pushed back (after a late one) delays itself, not every later call.
         self._next = planned + k * self._span / self.rate
         return start
+
+    async def permit(self, k: int = 1, *, lead: float = 0.0) -> float:
+        """:meth:`reserve`, as every limiter offers it (the shared one awaits its row)."""
+        return self.reserve(k, lead=lead)
 
     def left_late(self, start: float, k: int, late: float) -> None:
         """The call of ``k`` permits reserved for ``start`` left ``late`` seconds after it.
@@ -85,17 +118,14 @@ class RateLimiter:
         self._late.append((start, k, late))
 
     def _apply_late(self) -> None:
-        changed = False
         while self._late:
             start, k, late = self._late.popleft()
             # The window holds (start, k) values: any entry equal to this one
             # stands for it, and one the window has dropped needs nothing.
-            if (start, k) in self._window:
-                self._window.remove((start, k))
-                self._window.append((start + late, k))
-                changed = True
-        if changed:
-            self._window = deque(sorted(self._window))
+            i = bisect.bisect_left(self._window, (start, k))
+            if i < len(self._window) and self._window[i] == (start, k):
+                del self._window[i]
+                bisect.insort(self._window, (start + late, k))
 
     def pacing(self, *, lead: float = 0.0) -> bool:
         """Whether the next permit is further away than ``lead`` (the rate binds)."""
@@ -106,15 +136,59 @@ class RateLimiter:
         await trio.sleep_until(self.reserve(k))
 
     def _room_for(self, start: float, k: int) -> float:
-        # Drop reservations that no window containing `start` can see, then
-        # push `start` past the oldest ones until k more fit.
-        while self._window and self._window[0][0] <= start - self._span:
-            self._in_window -= self._window.popleft()[1]
-        while self._in_window + k > self.ceiling:
-            oldest, n = self._window.popleft()
-            self._in_window -= n
-            start = max(start, oldest + self._span)
-        return start
+        """The earliest time from ``start`` at which ``k`` more sends fit every
+        1-second window containing it, counting calls already reserved for
+        later (pushed back behind a late call) as well as earlier ones."""
+        # Calls that no window of a future start can see are forgotten.
+        horizon = bisect.bisect_right(self._window, (self._clock() - self._span, math.inf))
+        del self._window[:horizon]
+        if self._fits(start, k):
+            return start
+        # A start that does not fit becomes possible only when some call
+        # leaves its window: try those moments in order.
+        for moment in sorted(t + self._span for t, _ in self._window):
+            if moment > start and self._fits(moment, k):
+                return moment
+        return start  # unreachable: past the last call's window everything fits
+
+    def _fits(self, t: float, k: int) -> bool:
+        """Whether a call of ``k`` at ``t`` keeps every window of ``span`` within the ceiling."""
+        w = self._window
+        lo = bisect.bisect_right(w, (t - self._span, math.inf))
+        hi = bisect.bisect_left(w, (t + self._span, -1))
+        near = w[lo:hi]
+        if sum(n for _, n in near) + k <= self.ceiling:
+            return True  # nothing within a window's length either side: the common case
+        # The fullest windows containing t begin at a call in (t - span, t] (or
+        # at t), or end at a call in (t, t + span).
+        for s, _ in near:
+            if s <= t:
+                if t >= s + self._span:
+                    continue  # this window ends before t
+                inside = sum(n for u, n in near if s <= u < s + self._span)
+            else:
+                inside = sum(n for u, n in near if s - self._span < u <= s)
+            if inside + k > self.ceiling:
+                return False
+        return sum(n for u, n in near if t <= u < t + self._span) + k <= self.ceiling
+
+    # -- state shared through a database row (mailpipe.shared_rate) --------
+
+    def state(self) -> dict[str, Any]:
+        """What changes as permits are taken, as JSON-ready values."""
+        return {
+            "rate": self.rate,
+            "next": None if self._next == -math.inf else self._next,
+            "window": self._window,
+            "last_cut": None if self._last_cut == -math.inf else self._last_cut,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Take over ``state`` (from :meth:`state`, maybe of another process)."""
+        self.rate = min(self.target, max(self.min_rate, float(state["rate"])))
+        self._next = -math.inf if state["next"] is None else float(state["next"])
+        self._window = sorted((float(s), int(k)) for s, k in state["window"])
+        self._last_cut = -math.inf if state["last_cut"] is None else float(state["last_cut"])
 
     # -- AIMD -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import trio
 
-from mailpipe.pause import PauseGate
+from mailpipe.pause import ACCOUNT, PauseGate
 from mailpipe.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ async def run_pause_probe(
     while True:
         await gate.wait_paused()
         await trio.sleep(interval)
+        if not gate.paused_for(ACCOUNT):
+            continue  # held for another cause (the database), not the account
         blocker = await trio.to_thread.run_sync(transport.account_blocker)
         if blocker is None:
             gate.resume()

@@ -34,7 +34,7 @@ class Recorder:
         max_batch: int = 500,
         max_delay: float = 0.1,
         retry_delay: float = 1.0,
-        max_retries: int = 30,
+        max_retries: int = 600,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store

@@ -16,8 +16,10 @@ from datetime import datetime
 
 import trio
 
-from mailpipe.jobs import Job
+from mailpipe.errors import StoreError
+from mailpipe.jobs import Backlog, Job
 from mailpipe.model import Content
+from mailpipe.pause import PauseGate
 from mailpipe.store import Store
 from mailpipe.timeutil import utcnow
 
@@ -42,6 +44,8 @@ class Scheduler:
         batch: int = 500,
         chunk: int = 50,
         poll: float = 1.0,
+        gate: PauseGate | None = None,
+        backlog: Backlog | None = None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
@@ -53,11 +57,15 @@ class Scheduler:
         self._contents: OrderedDict[int, Content] = OrderedDict()
         self._cached_bytes = 0
         self._scope = trio.CancelScope()
-        self.claimed = 0
         self.chunk = chunk
-        self.queued = 0
+        self.backlog = backlog or Backlog()
+        self._gate = gate or PauseGate()
+        self._store_down = False
+
+    @property
+    def queued(self) -> int:
         """Jobs sent into the channel and not yet taken by the sender pool."""
-        self.paused: Callable[[], bool] = lambda: False
+        return self.backlog.count
 
     def nudge(self) -> None:
         """Due rows were committed: claim now instead of at the next poll."""
@@ -74,16 +82,32 @@ class Scheduler:
                 task_status.started()
                 while True:
                     wake = self._wake = trio.Event()
-                    if not self.paused() and await self._claim_and_feed():
-                        continue
-                    with trio.move_on_after(await self._idle_delay()):
+                    try:
+                        if not self._gate.paused and await self._claim_and_feed():
+                            continue
+                        delay = await self._idle_delay()
+                    except StoreError as exc:
+                        self._store_failed(exc)
+                        delay = self._poll
+                    else:
+                        self._store_back()
+                    with trio.move_on_after(delay):
                         await wake.wait()
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if not self._store_down:
+            log.error("cannot claim due requests (retrying every %gs): %s", self._poll, exc)
+        self._store_down = True
+
+    def _store_back(self) -> None:
+        if self._store_down:
+            log.warning("claiming due requests again")
+        self._store_down = False
 
     async def _claim_and_feed(self) -> int:
         rows = await self._store.claim_due(self._now(), self._batch)
         if not rows:
             return 0
-        self.claimed += len(rows)
         contents = await self._load({row.content_id for row in rows})
         chunk: list[Job] = []
         for row in rows:
@@ -96,15 +120,15 @@ class Scheduler:
         return len(rows)
 
     async def _feed(self, chunk: list[Job]) -> None:
-        self.queued += len(chunk)
+        self.backlog.put(len(chunk))
         try:
             await self._jobs.send(chunk)
         except BaseException:
-            self.queued -= len(chunk)
+            self.backlog.take(len(chunk))
             raise
 
     async def _idle_delay(self) -> float:
-        if self.paused():
+        if self._gate.paused:
             return self._poll
         due = await self._store.next_scheduled_at()
         if due is None:

@@ -89,3 +89,17 @@ def _create_exclusive(path: Path, secret: str) -> bool:
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+def replace_secret_file(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path`` (mode 0600), replacing what was there atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

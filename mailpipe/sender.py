@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,11 +29,12 @@ from mailpipe.errors import (
     PermanentSendError,
     SendError,
     SendingPaused,
+    StoreError,
     Throttled,
     TransientSendError,
 )
-from mailpipe.jobs import Job
-from mailpipe.limiter import RateLimiter
+from mailpipe.jobs import Backlog, Job
+from mailpipe.limiter import Limiter
 from mailpipe.metrics import Metrics
 from mailpipe.model import Outcome
 from mailpipe.pause import PauseGate
@@ -75,7 +76,7 @@ class SenderPool:
     def __init__(
         self,
         transport: Transport,
-        limiter: RateLimiter,
+        limiter: Limiter,
         composer: Composer,
         jobs: trio.MemoryReceiveChannel[list[Job]],
         outcomes: trio.MemorySendChannel[Outcome],
@@ -86,6 +87,7 @@ class SenderPool:
         retry: RetryPolicy | None = None,
         handed: MutableMapping[int, str] | None = None,
         gate: PauseGate | None = None,
+        backlog: Backlog | None = None,
         rng: random.Random | None = None,
         lead: float = 0.015,
     ) -> None:
@@ -111,8 +113,17 @@ class SenderPool:
         self.suppressed = RecentSuppressions()
         self.gate = gate or PauseGate()
         self.in_flight = 0
-        self.on_receive: Callable[[int], None] = lambda n: None
-        self.waiting_retries = 0
+        self._backlog = backlog or Backlog()
+
+    def stop_topic(self, topic_id: str, upto: int) -> list[int]:
+        """Withhold the topic's requests with ids up to ``upto`` from now on; the
+        ids of those already handed to the provider (they cannot be called back).
+
+        Synchronous on purpose: a job is either handed already (and returned
+        here) or sees the stop before it is handed.
+        """
+        self.stops.stop(topic_id, upto)
+        return [rid for rid, topic in self.handed.items() if topic == topic_id]
 
     def stop(self) -> None:
         """Stop dispatching; calls in flight still finish and are recorded."""
@@ -136,7 +147,7 @@ class SenderPool:
 
     async def _dispatch(self) -> None:
         async for chunk in self._jobs:
-            self.on_receive(len(chunk))
+            self._backlog.take(len(chunk))
             await self._submit_all(chunk)
 
     async def _submit_all(self, jobs: list[Job]) -> None:
@@ -172,10 +183,18 @@ class SenderPool:
             )
             sendable = sum(1 for c in composed if isinstance(c, Email))
             now = trio.current_time()
-            start = self._limiter.reserve(sendable, lead=self._lead) if sendable else now
+            start = await self._limiter.permit(sendable, lead=self._lead) if sendable else now
             # Wake a little early: the worker thread serialises the request,
             # then holds it until the permit (see Transport.send's release_at).
             await trio.sleep_until(start - self._lead)
+        except StoreError as exc:
+            # The shared rate lives in the database, and it is away: nothing
+            # was reserved, so nothing may leave. The jobs wait and try again.
+            self._slots.release_on_behalf_of(token)
+            log.warning("no permit for %d requests (%s); retrying in %gs",
+                        len(batch), exc, self._retry.throttle_delay * 2)
+            self._later(batch, self._retry.throttle_delay * 2, count=False)
+            return
         except BaseException:
             self._slots.release_on_behalf_of(token)
             raise
@@ -341,18 +360,15 @@ class SenderPool:
             )
         await self._emit(outcomes)
 
-    def _later(self, jobs: list[Job], delay: float) -> None:
+    def _later(self, jobs: list[Job], delay: float, *, count: bool = True) -> None:
         if self._stopping or self._waiting is None:
             return  # still PROCESSING: the service requeues them on the way out
-        self._metrics.retried.inc(len(jobs))
+        if count:
+            self._metrics.retried.inc(len(jobs))
         self._waiting.start_soon(self._retry_after, jobs, delay)
 
     async def _retry_after(self, jobs: list[Job], delay: float) -> None:
-        self.waiting_retries += len(jobs)
-        try:
-            await trio.sleep(delay)
-        finally:
-            self.waiting_retries -= len(jobs)
+        await trio.sleep(delay)
         await self._submit_all(jobs)
 
     async def _emit(self, outcomes: list[Outcome]) -> None:

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import trio
@@ -21,23 +22,27 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from mailpipe.addresses import AddressValidator
+from mailpipe.cluster import ClusterSync
 from mailpipe.compose import Composer
 from mailpipe.config import Config
-from mailpipe.content.tokens import Tokens, load_or_create_secret
+from mailpipe.content.tokens import Tokens
+from mailpipe.errors import ConfigError
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
-from mailpipe.jobs import Job
-from mailpipe.limiter import RateLimiter
+from mailpipe.jobs import Backlog, Job
+from mailpipe.limiter import Limiter, RateLimiter
 from mailpipe.metrics import Metrics, Reporter
-from mailpipe.pause import PauseGate
+from mailpipe.model import Outcome
+from mailpipe.pause import Announcement, PauseGate
 from mailpipe.probe import run_pause_probe
 from mailpipe.recorder import Recorder
 from mailpipe.scheduler import Scheduler
-from mailpipe.secrets_file import load_or_create_secret_file
+from mailpipe.secrets_file import load_or_create_secret_file, replace_secret_file
 from mailpipe.sender import RetryPolicy, SenderPool, batch_size
-from mailpipe.store import Outcome, Store, open_store
+from mailpipe.shared_rate import SharedRateLimiter
+from mailpipe.store import Cluster, Store, open_store
 from mailpipe.timeutil import utcnow
 from mailpipe.transport import Transport
 from mailpipe.transport.factory import open_transport
@@ -54,23 +59,29 @@ class Service:
     api_key: str
     transport: Transport
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     gate: PauseGate
     scheduler: Scheduler
     pool: SenderPool
     recorder: Recorder
-    jobs: trio.MemoryReceiveChannel[list[Job]]
-    handed: dict[int, str]
+    tokens: Tokens
+    """Signs and checks the open, click and unsubscribe links."""
+    cluster_sync: ClusterSync | None = None
+    """Keeps this instance in step with the others (PostgreSQL only)."""
     addresses: AddressValidator = field(default_factory=AddressValidator)
     cpu_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
     url: str = ""
-    sns_verifier: SnsVerifier = field(init=False)
-    tokens: Tokens = field(init=False)
-    """Signs and checks the open, click and unsubscribe links."""
     sns_get: Callable[[str], bytes] = field(default=http_fetch)
     """GETs SNS certificates and SubscribeURLs (blocking; run in a thread); tests replace it."""
+    sns_verifier: SnsVerifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sns_verifier = make_verifier(self.config, self._sns_fetch)
+
+    def _sns_fetch(self, url: str) -> bytes:
+        return self.sns_get(url)
 
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -83,24 +94,24 @@ class Service:
         self.metrics.paused.set(1 if self.gate.paused else 0)
 
 
-def resolve_api_key(config: Config) -> str:
-    """The configured ``API_KEY``, or one generated once into ``<data dir>/api_key``."""
-    if config.api_key:
-        return config.api_key
-    path = config.data_dir / "api_key"
-    key = load_or_create_secret_file(path, 24)
-    log.info("API_KEY is not set; using the generated key in %s", path.resolve())
-    return key
+async def resolve_secret(
+    configured: str | None, path: Path, nbytes: int, name: str, cluster: Cluster | None
+) -> str:
+    """The configured secret, or one generated once into ``path``.
 
-
-def resolve_tracking_secret(config: Config) -> bytes:
-    """The configured ``TRACKING_SECRET``, or one generated once into
-    ``<data dir>/tracking_secret``."""
-    if config.tracking_secret:
-        return config.tracking_secret.encode("utf-8")
-    path = config.data_dir / "tracking_secret"
-    secret = load_or_create_secret(path)
-    log.info("TRACKING_SECRET is not set; using the generated key in %s", path.resolve())
+    With several instances (``cluster``), a generated secret is the one the
+    first instance stored in the database, so that every instance accepts the
+    same API key and the same tracking links; ``path`` then holds a copy.
+    """
+    if configured:
+        return configured
+    secret = load_or_create_secret_file(path, nbytes)
+    if cluster is not None:
+        shared = await cluster.shared_secret(name, secret)
+        if shared != secret:
+            replace_secret_file(path, shared)
+            secret = shared
+    log.info("%s is not set; using the generated key in %s", name.upper(), path)
     return secret
 
 
@@ -128,9 +139,15 @@ async def run_service(
             log.warning(
                 "re-queued %d requests left in processing by an unclean stop", recovered.requeued
             )
-        api_key = resolve_api_key(config)
+        api_key = await resolve_secret(
+            config.api_key, config.data_dir / "api_key", 24, "api_key", store.cluster
+        )
+        tracking = await resolve_secret(
+            config.tracking_secret, config.data_dir / "tracking_secret", 32, "tracking_secret",
+            store.cluster,
+        )
         async with open_transport(config) as (transport, rate):
-            svc = _assemble(config, store, api_key, transport, rate)
+            svc = _assemble(config, store, api_key, tracking.encode("utf-8"), transport, rate)
             await _supervise(svc, handle_signals, task_status)
         released = await store.release_claims(svc.pool.stops.items(), utcnow())
         if released.requeued:
@@ -139,20 +156,30 @@ async def run_service(
 
 
 def _assemble(
-    config: Config, store: Store, api_key: str, transport: Transport, rate: float
+    config: Config,
+    store: Store,
+    api_key: str,
+    tracking_secret: bytes,
+    transport: Transport,
+    rate: float,
 ) -> Service:
     metrics = Metrics()
-    limiter = RateLimiter(rate)
+    limiter: Limiter = (
+        RateLimiter(rate) if store.cluster is None else SharedRateLimiter(store.cluster, rate)
+    )
     metrics.rate.set(rate)
-    gate = PauseGate()
+    announce_send, announce_recv = trio.open_memory_channel[Announcement](64)
+    gate = PauseGate(announce_send if store.cluster is not None else None)
     handed: dict[int, str] = {}
     capacity = channel_capacity(rate)
     chunk = batch_size(transport.max_batch, rate)
     jobs_send, jobs_recv = trio.open_memory_channel[list[Job]](max(2, capacity // chunk))
     outcomes_send, outcomes_recv = trio.open_memory_channel[Outcome](10_000)
-    scheduler = Scheduler(store, jobs_send, batch=min(capacity, 1000), chunk=chunk)
-    scheduler.paused = lambda: gate.paused
-    tokens = Tokens(resolve_tracking_secret(config))
+    backlog = Backlog()
+    scheduler = Scheduler(
+        store, jobs_send, batch=min(capacity, 1000), chunk=chunk, gate=gate, backlog=backlog
+    )
+    tokens = Tokens(tracking_secret)
     pool = SenderPool(
         transport,
         limiter,
@@ -165,84 +192,70 @@ def _assemble(
         retry=RetryPolicy(max_attempts=config.max_attempts),
         handed=handed,
         gate=gate,
+        backlog=backlog,
     )
-    pool.on_receive = lambda n: setattr(scheduler, "queued", scheduler.queued - n)
     recorder = Recorder(store, outcomes_recv, handed=handed)
-    svc = Service(
-        config,
-        store,
-        api_key,
-        transport,
-        metrics,
-        limiter,
-        gate,
-        scheduler,
-        pool,
-        recorder,
-        jobs_recv,
-        handed,
+    cluster_sync = None
+    if store.cluster is not None:
+        cluster_sync = ClusterSync(
+            store.cluster, lease_s=config.lease_s, gate=gate, pool=pool, scheduler=scheduler,
+            announcements=announce_recv,
+        )
+    return Service(
+        config, store, api_key, transport, metrics, limiter, gate, scheduler, pool, recorder,
+        tokens, cluster_sync,
     )
-    svc.sns_verifier = make_verifier(config, lambda url: svc.sns_get(url))
-    svc.tokens = tokens
-    return svc
 
 
 async def _supervise(
     svc: Service, handle_signals: bool, task_status: trio.TaskStatus[Service]
 ) -> None:
-    aux = [trio.CancelScope() for _ in range(4)]  # signals, reporter, probe, checkpoints
-    async with trio.open_nursery() as nursery:
+    """The pipeline (http, recorder, pool, scheduler) inside a background nursery
+    (signals, store upkeep, cluster, pause probe, reporter). The pipeline ends by
+    itself once shutdown is requested: HTTP drains, the scheduler closes the
+    jobs channel, the pool drains and closes the outcomes, the recorder drains.
+    Then the background is cancelled."""
+    async with trio.open_nursery() as background:
         if handle_signals:
-            await nursery.start(_in_scope, aux[0], partial(_watch_signals, svc.request_shutdown))
-        await nursery.start(_in_scope, aux[3], svc.store.run_upkeep)
-        # HTTP binds before the scheduler claims anything: a port in use ends
-        # the start before a single row is touched.
-        binds = await nursery.start(_serve_http, svc)
-        svc.url = binds[0]
-        await nursery.start(svc.recorder.run)
-        await nursery.start(svc.pool.run)
-        await nursery.start(svc.scheduler.run)
-        await nursery.start(_in_scope, aux[2], partial(
-            run_pause_probe, svc.gate, svc.transport, svc.config.pause_probe_s,
-            svc.scheduler.nudge,
-        ))
-        await nursery.start(
-            _in_scope,
-            aux[1],
-            Reporter(svc.metrics, queued=lambda: svc.scheduler.queued).run,
-        )
-        log.info(
-            "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d",
-            svc.url,
-            svc.transport.name,
-            svc.limiter.rate,
-            svc.config.max_concurrent,
-        )
-        # Start-up objects (modules, models, botocore's service data) live as
-        # long as the process: keep them out of the collector's way, so a
-        # full collection does not stall a call waiting for its permit.
-        gc.freeze()
-        task_status.started(svc)
-        await svc.shutdown_requested.wait()
-        log.info(
-            "shutting down: finishing calls in flight (at most %gs)", svc.config.graceful_timeout
-        )
-        svc.stopping = True
-        svc.scheduler.stop()
-        svc.pool.stop()
-        await svc.recorder.done.wait()
-        for scope in aux:
-            scope.cancel()
-
-
-async def _in_scope(
-    scope: trio.CancelScope,
-    fn: Callable[..., object],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with scope:
-        await fn(task_status=task_status)  # type: ignore[misc]
+            await background.start(_watch_signals, svc.request_shutdown)
+        await background.start(svc.store.run_upkeep)
+        if svc.cluster_sync is not None:
+            await background.start(svc.cluster_sync.run)
+        async with trio.open_nursery() as pipeline:
+            # HTTP binds before the scheduler claims anything: a port in use
+            # ends the start before a single row is touched.
+            binds = await pipeline.start(_serve_http, svc)
+            svc.url = binds[0]
+            await pipeline.start(svc.recorder.run)
+            await pipeline.start(svc.pool.run)
+            await pipeline.start(svc.scheduler.run)
+            await background.start(partial(
+                run_pause_probe, svc.gate, svc.transport, svc.config.pause_probe_s,
+                svc.scheduler.nudge,
+            ))
+            await background.start(Reporter(svc.metrics, queued=lambda: svc.scheduler.queued).run)
+            log.info(
+                "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",
+                svc.url,
+                svc.transport.name,
+                svc.limiter.target,
+                svc.config.max_concurrent,
+                "postgresql" if svc.store.cluster is not None else "sqlite",
+            )
+            # Start-up objects (modules, models, botocore's service data) live as
+            # long as the process: keep them out of the collector's way, so a
+            # full collection does not stall a call waiting for its permit.
+            gc.freeze()
+            task_status.started(svc)
+            await svc.shutdown_requested.wait()
+            log.info(
+                "shutting down: finishing calls in flight (at most %gs)",
+                svc.config.graceful_timeout,
+            )
+            svc.stopping = True
+            svc.scheduler.stop()
+            svc.pool.stop()
+        background.cancel_scope.cancel()
 
 
 async def _serve_http(
@@ -263,9 +276,14 @@ async def _serve_http(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain_then_close, nursery)
-        binds = await nursery.start(
-            partial(serve, cast(Any, app), hc, shutdown_trigger=svc.shutdown_requested.wait)
-        )
+        try:
+            binds = await nursery.start(
+                partial(serve, cast(Any, app), hc, shutdown_trigger=svc.shutdown_requested.wait)
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"SERVER_PORT={svc.config.server_port}: cannot listen on {hc.bind[0]}: {exc}"
+            ) from None
         task_status.started(binds)
 
 

@@ -204,3 +204,24 @@ def test_a_release_reached_late_reports_how_late() -> None:
     hold_until(None)
     hold_until(time.perf_counter() - 1.0)  # a plain moment reports nothing, and does not wait
     assert len(reported) == 1
+
+
+@pytest.mark.parametrize(("rate", "sizes"), [(100, [1, 50, 10, 50, 2]), (14, [1, 7, 2, 14])])
+async def test_mixed_call_sizes_from_many_tasks_keep_every_window(
+    autojump_clock: trio.testing.MockClock, rate: int, sizes: list[int]
+) -> None:
+    # Calls of different sizes reserved by concurrent tasks: the window guard
+    # pushes some back, and later calls planned before them must count them.
+    limiter = RateLimiter(rate)
+    starts: list[tuple[float, int]] = []
+
+    async def consumer(n: int) -> None:
+        for i in range(40):
+            k = sizes[(n * 7 + i) % len(sizes)]
+            await trio.sleep_until(limiter.reserve(k))
+            starts.append((trio.current_time(), k))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(8):
+            nursery.start_soon(consumer, n)
+    assert max_in_window(sorted(starts)) <= rate

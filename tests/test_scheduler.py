@@ -10,6 +10,7 @@ import trio.testing
 
 from mailpipe.http.api import topic_stats_json
 from mailpipe.jobs import Job
+from mailpipe.pause import PauseGate
 from mailpipe.scheduler import Scheduler
 from mailpipe.store import NewMessage, open_store
 from mailpipe.timeutil import utcnow
@@ -86,16 +87,16 @@ async def test_backpressure_claims_no_more_than_the_channel_takes(tmp_path: Path
 async def test_paused_scheduler_claims_nothing(tmp_path: Path) -> None:
     async with open_store(tmp_path / "app.db") as store:
         send, recv = trio.open_memory_channel[list[Job]](100)
-        scheduler = Scheduler(store, send, poll=0.05)
-        paused = [True]
-        scheduler.paused = lambda: paused[0]
+        gate = PauseGate()
+        gate.pause("test")
+        scheduler = Scheduler(store, send, poll=0.05, gate=gate)
         await store.insert_messages([NewMessage("t", "s", "c", ["a@x.com"])], utcnow())
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             with trio.move_on_after(0.3):
                 await recv.receive()
                 raise AssertionError("claimed while paused")
-            paused[0] = False
+            gate.resume()
             with trio.fail_after(5):
                 assert [j.to for j in await recv.receive()] == ["a@x.com"]
             scheduler.stop()

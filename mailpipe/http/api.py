@@ -128,10 +128,7 @@ async def stop_topic(topic_id: str) -> dict[str, Any]:
     upto = await svc.store.max_request_id(topic_id)
     if upto is None:
         return {"stopped": 0}
-    # No await between these two lines: a job is either handed already (and
-    # excluded here) or will see the stop before it is handed.
-    svc.pool.stops.stop(topic_id, upto)
-    handed = [rid for rid, topic in svc.handed.items() if topic == topic_id]
+    handed = svc.pool.stop_topic(topic_id, upto)
     stopped = await svc.store.stop_topic(topic_id, upto, exclude=handed, now=utcnow())
     svc.metrics.stopped.inc(stopped)
     return {"stopped": stopped}

@@ -13,6 +13,8 @@ from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from mailpipe.errors import StoreError
+
 if TYPE_CHECKING:
     from mailpipe.service import Service
 
@@ -92,6 +94,16 @@ def create_app(svc: Service) -> QuartTrio:
         response = jsonify({"error": message})
         response.status_code = code
         return _closing_if_unread(response)
+
+    @app.errorhandler(StoreError)
+    async def store_error(exc: StoreError) -> Response:
+        # The database is away or full: a fault of the moment, not of the
+        # request. Nothing was stored; the client may try again.
+        log.error("%s %s: %s", request.method, request.path, exc)
+        response = jsonify({"error": f"storage unavailable, nothing was stored: {exc}"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
