@@ -20,6 +20,8 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -30,6 +32,15 @@ WINDOW = 1.0
 # keeps the count *as the provider sees it* within the rate in every window,
 # at the cost of sending 0.6 % below the configured rate.
 MARGIN = 0.006
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to start a call at ``start`` (trio time). ``report_late(seconds)``
+    tells the limiter it left that much later (safe from any thread)."""
+
+    start: float
+    report_late: Callable[[float], None]
 
 
 class Limiter(Protocol):
@@ -44,8 +55,8 @@ class Limiter(Protocol):
     def rate(self) -> float:
         """The effective rate (below ``target`` after throttling)."""
 
-    async def permit(self, k: int = 1, *, lead: float = 0.0) -> float:
-        """Reserve ``k`` permits; the trio time the call may start."""
+    async def permit(self, k: int = 1, *, lead: float = 0.0) -> Permit:
+        """Reserve ``k`` permits: when the call may start, and whom to tell if it left late."""
 
     def left_late(self, start: float, k: int, late: float) -> None:
         """The call reserved for ``start`` left ``late`` seconds after it (any thread)."""
@@ -106,9 +117,10 @@ class RateLimiter:
         self._next = planned + k * self._span / self.rate
         return start
 
-    async def permit(self, k: int = 1, *, lead: float = 0.0) -> float:
+    async def permit(self, k: int = 1, *, lead: float = 0.0) -> Permit:
         """:meth:`reserve`, as every limiter offers it (the shared one awaits its row)."""
-        return self.reserve(k, lead=lead)
+        start = self.reserve(k, lead=lead)
+        return Permit(start, partial(self.left_late, start, k))
 
     def left_late(self, start: float, k: int, late: float) -> None:
         """The call of ``k`` permits reserved for ``start`` left ``late`` seconds after it.

@@ -19,7 +19,6 @@ import random
 import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 
@@ -68,6 +67,39 @@ def batch_size(transport_max: int, rate: float) -> int:
         if per_second % k == 0:
             best = k
     return best
+
+
+class Slot:
+    """One of the pool's ``MAX_CONCURRENT`` call slots, given back exactly once.
+
+    ``with slot:`` gives it back at the end of the block, unless
+    :meth:`pass_on` handed it to another task first (the call it was taken for).
+    """
+
+    def __init__(self, limiter: trio.CapacityLimiter, token: object) -> None:
+        self._limiter = limiter
+        self._token = token
+        self._held = True
+
+    @classmethod
+    async def take(cls, limiter: trio.CapacityLimiter) -> Slot:
+        """Wait for a free slot of ``limiter`` and take it."""
+        token = object()
+        await limiter.acquire_on_behalf_of(token)
+        return cls(limiter, token)
+
+    def pass_on(self) -> Slot:
+        """The same slot, now owned by whoever takes the returned handle."""
+        self._held = False
+        return Slot(self._limiter, self._token)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self._held = False
+            self._limiter.release_on_behalf_of(self._token)
 
 
 class SenderPool:
@@ -162,75 +194,63 @@ class SenderPool:
         batch = await self._live(batch)
         if not batch or await self._held(batch):
             return
-        token = object()
-        await self._slots.acquire_on_behalf_of(token)
+        slot = await Slot.take(self._slots)
         if self._limiter.pacing(lead=self._lead):
             # The rate binds: one batch at a time, each composed only after the
             # previous call has left, so rendering in another thread never
             # competes for the GIL with a call waiting for its permit.
-            await self._prepare_and_start(batch, token, settle_after=True)
+            await self._prepare_and_start(batch, slot, settle_after=True)
         else:
             # The rate is far away: compose batches side by side.
             assert self._workers is not None
-            self._workers.start_soon(self._prepare_and_start, batch, token, False)
+            self._workers.start_soon(self._prepare_and_start, batch, slot, False)
 
-    async def _prepare_and_start(self, batch: list[Job], token: object, settle_after: bool) -> None:
-        try:
+    async def _prepare_and_start(self, batch: list[Job], slot: Slot, settle_after: bool) -> None:
+        with slot:  # given back here, unless the call takes it over
             # Compose before taking permits: rendering (slow the first time a
             # content is seen) must not make a call leave after its permit.
             composed = await trio.to_thread.run_sync(
                 self._compose_all, batch, limiter=self._threads
             )
             sendable = sum(1 for c in composed if isinstance(c, Email))
-            now = trio.current_time()
-            start = await self._limiter.permit(sendable, lead=self._lead) if sendable else now
+            try:
+                permit = await self._limiter.permit(sendable, lead=self._lead) if sendable else None
+            except StoreError as exc:
+                # The shared rate lives in the database, and it is away: nothing
+                # was reserved, so nothing may leave. The jobs wait and try again.
+                delay = 2 * self._retry.throttle_delay
+                log.warning("no permit for %d requests (%s); retrying in %gs",
+                            len(batch), exc, delay)
+                self._later(batch, delay, count=False)
+                return
+            start = trio.current_time() if permit is None else permit.start
             # Wake a little early: the worker thread serialises the request,
-            # then holds it until the permit (see Transport.send's release_at).
+            # then holds it until the permit (see Transport.send's release).
             await trio.sleep_until(start - self._lead)
-        except StoreError as exc:
-            # The shared rate lives in the database, and it is away: nothing
-            # was reserved, so nothing may leave. The jobs wait and try again.
-            self._slots.release_on_behalf_of(token)
-            log.warning("no permit for %d requests (%s); retrying in %gs",
-                        len(batch), exc, self._retry.throttle_delay * 2)
-            self._later(batch, self._retry.throttle_delay * 2, count=False)
-            return
-        except BaseException:
-            self._slots.release_on_behalf_of(token)
-            raise
-        # From here to the hand-off nothing awaits: a stop or a pause seen now
-        # is the last word, and the call leaves on the permit just taken.
-        withheld = [self._withheld(j) for j in batch]
-        live = [j for j, why in zip(batch, withheld, strict=True) if why is None]
-        dead = [Outcome(j.request_id, Status.STOPPED, error=why)
-                for j, why in zip(batch, withheld, strict=True) if why is not None]
-        if self._stopping:
-            live = []  # still PROCESSING: the service requeues them on the way out
-        elif self.gate.paused:
-            dead += [Outcome(j.request_id, Status.CREATED, attempts=j.attempt) for j in live]
-            live = []
-        if live:
-            if len(live) < len(batch):
-                kept = {job.request_id for job in live}
-                composed = [c for job, c in zip(batch, composed, strict=True)
-                            if job.request_id in kept]
-            for job in live:
-                self.handed[job.request_id] = job.topic_id
-            release_at = (
-                Release(
-                    time.perf_counter() + (start - trio.current_time()),
-                    partial(self._limiter.left_late, start, sendable),
+            # From here to the hand-off nothing awaits: a stop or a pause seen
+            # now is the last word, and the call leaves on the permit just taken.
+            live, dead = self._split(batch)
+            if self._stopping:
+                live = []  # still PROCESSING: the service requeues them on the way out
+            elif self.gate.paused:
+                dead += [Outcome(j.request_id, Status.CREATED, attempts=j.attempt) for j in live]
+                live = []
+            if live:
+                if len(live) < len(batch):
+                    kept = {job.request_id for job in live}
+                    composed = [c for job, c in zip(batch, composed, strict=True)
+                                if job.request_id in kept]
+                for job in live:
+                    self.handed[job.request_id] = job.topic_id
+                release = (
+                    Release(time.perf_counter() + (start - trio.current_time()), permit.report_late)
+                    if self._lead and permit is not None
+                    else None
                 )
-                if self._lead
-                else None
-            )
-            assert self._workers is not None
-            self._workers.start_soon(self._call, live, composed, token, release_at)
-        else:
-            self._slots.release_on_behalf_of(token)
+                assert self._workers is not None
+                self._workers.start_soon(self._call, live, composed, slot.pass_on(), release)
         if dead:
-            self._metrics.stopped.inc(sum(1 for o in dead if o.status is Status.STOPPED))
-            await self._emit(dead)
+            await self._emit_stopped(dead)
         if live and settle_after:
             await trio.sleep_until(start + 0.002)
 
@@ -250,33 +270,46 @@ class SenderPool:
         reason = self.suppressed.reason(job.to)
         return None if reason is None else f"suppressed: {reason}"
 
+    def _split(self, batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
+        """The jobs that may be sent now, and STOPPED outcomes for the others."""
+        live: list[Job] = []
+        dead: list[Outcome] = []
+        for job in batch:
+            why = self._withheld(job)
+            if why is None:
+                live.append(job)
+            else:
+                dead.append(Outcome(job.request_id, Status.STOPPED, error=why))
+        return live, dead
+
     async def _live(self, batch: list[Job]) -> list[Job]:
-        withheld = [self._withheld(job) for job in batch]
-        dead = [Outcome(j.request_id, Status.STOPPED, error=why)
-                for j, why in zip(batch, withheld, strict=True) if why is not None]
+        live, dead = self._split(batch)
         if dead:
-            self._metrics.stopped.inc(len(dead))
-            await self._emit(dead)
-        return [j for j, why in zip(batch, withheld, strict=True) if why is None]
+            await self._emit_stopped(dead)
+        return live
+
+    async def _emit_stopped(self, outcomes: list[Outcome]) -> None:
+        self._metrics.stopped.inc(sum(1 for o in outcomes if o.status is Status.STOPPED))
+        await self._emit(outcomes)
 
     async def _call(
         self,
         batch: list[Job],
         composed: list[Email | SendResult],
-        token: object,
-        release_at: float | None,
+        slot: Slot,
+        release: Release | None,
     ) -> None:
-        self.in_flight += 1
-        self._metrics.in_flight.inc()
-        start = trio.current_time()
-        try:
-            results = await trio.to_thread.run_sync(
-                self._send_blocking, composed, release_at, limiter=self._threads
-            )
-        finally:
-            self._slots.release_on_behalf_of(token)
-            self.in_flight -= 1
-            self._metrics.in_flight.dec()
+        with slot:
+            self.in_flight += 1
+            self._metrics.in_flight.inc()
+            start = trio.current_time()
+            try:
+                results = await trio.to_thread.run_sync(
+                    self._send_blocking, composed, release, limiter=self._threads
+                )
+            finally:
+                self.in_flight -= 1
+                self._metrics.in_flight.dec()
         self._metrics.call_seconds.observe(trio.current_time() - start)
         await self._settle(batch, results)
 
@@ -296,11 +329,11 @@ class SenderPool:
         return composed
 
     def _send_blocking(
-        self, composed: Sequence[Email | SendResult], release_at: float | None
+        self, composed: Sequence[Email | SendResult], release: Release | None
     ) -> list[SendResult]:
         emails = [c for c in composed if isinstance(c, Email)]
         try:
-            results = self._transport.send(emails, release_at) if emails else []
+            results = self._transport.send(emails, release) if emails else []
             if len(results) != len(emails):
                 raise RuntimeError(f"{len(results)} results for {len(emails)} emails")
         except Exception as exc:  # a bug, not a provider answer: never crash the pool

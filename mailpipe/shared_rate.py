@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict, deque
+from functools import partial
 from typing import Final
 
 import trio
 
-from mailpipe.limiter import MARGIN, RateLimiter
+from mailpipe.limiter import MARGIN, Permit, RateLimiter
 from mailpipe.store.base import Cluster
 
 REMEMBERED_STARTS: Final = 4096
@@ -56,8 +57,8 @@ class SharedRateLimiter:
         """The shared effective rate, as of the last reservation."""
         return self._core.rate
 
-    async def permit(self, k: int = 1, *, lead: float = 0.0) -> float:
-        """Reserve ``k`` permits in the shared row; the trio time to start at.
+    async def permit(self, k: int = 1, *, lead: float = 0.0) -> Permit:
+        """Reserve ``k`` permits in the shared row: when to start (trio time).
 
         Raises :class:`~mailpipe.errors.StoreError` when the database is away:
         then nothing was reserved.
@@ -79,7 +80,7 @@ class SharedRateLimiter:
         self._starts[start] = start_db
         while len(self._starts) > REMEMBERED_STARTS:
             self._starts.popitem(last=False)
-        return start
+        return Permit(start, partial(self.left_late, start, k))
 
     def _reserve(
         self,

@@ -56,7 +56,7 @@ async def consume(
         for i in range(calls):
             limiter = limiters[(n + i) % len(limiters)]
             k = sizes[(n * 7 + i) % len(sizes)]
-            await trio.sleep_until(await limiter.permit(k))
+            await trio.sleep_until((await limiter.permit(k)).start)
             starts.append((trio.current_time(), k))
 
     async with trio.open_nursery() as nursery:
@@ -103,7 +103,7 @@ async def test_throttling_seen_by_one_instance_slows_every_instance(
     assert a.rate == b.rate < 100
     for _ in range(600):
         b.succeeded(1)
-        await trio.sleep_until(await b.permit(1))
+        await trio.sleep_until((await b.permit(1)).start)
     await a.permit(1)
     assert a.rate == b.rate == 100  # recovery is shared too
 
@@ -113,10 +113,11 @@ async def test_a_late_call_pushes_the_next_shared_permit(
 ) -> None:
     row = Row()
     a, b = shared(row, 10), shared(row, 10)
-    first = await a.permit(10)
+    permit = await a.permit(10)
+    first = permit.start
     await trio.sleep_until(first)
-    a.left_late(first, 10, 0.3)  # it really left 0.3 s after its permit
-    second = await a.permit(1)  # carries the late report into the shared row
+    permit.report_late(0.3)  # it really left 0.3 s after its permit
+    second = (await a.permit(1)).start  # carries the late report into the shared row
     # The window counts the late call from when it really left.
     assert second - (first + 0.3) >= (1 + MARGIN) - 1e-6
-    assert (await b.permit(1)) > first + 0.3
+    assert (await b.permit(1)).start > first + 0.3

@@ -1,12 +1,12 @@
 """Transports hand finished emails to a provider. One small interface:
 
-``send(emails, release_at)`` takes up to ``max_batch`` emails and returns, in
-order, one :class:`SendResult` per email. ``release_at`` (a ``time.perf_counter``
-value) is the rate limiter's permit: the transport prepares the call, then
-holds it until that moment, so the request leaves on schedule however long
-building it took; a :class:`Release` also reports when the call really
-left, to the limiter. It blocks (it is called in a worker thread) and
-never raises for a per-email failure: it returns a result holding a classified
+``send(emails, release)`` takes up to ``max_batch`` emails and returns, in
+order, one :class:`SendResult` per email. ``release`` is the rate limiter's
+permit: the transport prepares the call, then holds it until that moment
+(:func:`hold_until`), so the request leaves on schedule however long
+building it took, and reports to the limiter when the call really left. It
+blocks (it is called in a worker thread) and never raises for a per-email
+failure: it returns a result holding a classified
 :class:`~mailpipe.errors.SendError`. Exceptions escape only for bugs.
 """
 
@@ -50,7 +50,7 @@ class Transport(Protocol):
     name: str
     max_batch: int
 
-    def send(self, emails: Sequence[Email], release_at: float | None = None) -> list[SendResult]:
+    def send(self, emails: Sequence[Email], release: Release | None = None) -> list[SendResult]:
         """Deliver ``emails`` (1 to ``max_batch``, same content); one result each, in order."""
         ...
 
@@ -63,32 +63,32 @@ class Transport(Protocol):
         ...
 
 
-class Release(float):
-    """A ``time.perf_counter`` moment to send at, which also reports lateness.
+@dataclass(frozen=True)
+class Release:
+    """When to send (``at``, a ``time.perf_counter`` moment), and whom to tell
+    if the call left late.
 
     A worker thread can reach the moment late (the GIL, a busy machine); the
     call then leaves late, and ``on_late(seconds)`` is told so right away, from
     that thread.
     """
 
+    at: float
     on_late: Callable[[float], None]
 
-    def __new__(cls, at: float, on_late: Callable[[float], None]) -> Release:
-        release = super().__new__(cls, at)
-        release.on_late = on_late
-        return release
 
-
-def hold_until(release_at: float | None) -> None:
-    """Block the calling (worker) thread until ``release_at`` on ``time.perf_counter``."""
-    if release_at is not None:
-        delay = release_at - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        if isinstance(release_at, Release):
-            late = time.perf_counter() - release_at
-            if late > 0:
-                release_at.on_late(late)
+def hold_until(release: Release | float | None) -> None:
+    """Block the calling (worker) thread until the release moment (``time.perf_counter``)."""
+    if release is None:
+        return
+    at = release.at if isinstance(release, Release) else release
+    delay = at - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+    if isinstance(release, Release):
+        late = time.perf_counter() - at
+        if late > 0:
+            release.on_late(late)
 
 
 def request_headers(request_id: int) -> tuple[tuple[str, str], ...]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from mailpipe.content.html import html_to_text
 from mailpipe.content.mime import build_message, to_bytes
 from mailpipe.errors import PermanentSendError, TransientSendError
-from mailpipe.transport import Email, SendResult, hold_until
+from mailpipe.transport import Email, Release, SendResult, hold_until
 
 
 class OutboxTransport:
@@ -28,9 +28,9 @@ class OutboxTransport:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def send(self, emails: Sequence[Email], release_at: float | None = None) -> list[SendResult]:
+    def send(self, emails: Sequence[Email], release: Release | None = None) -> list[SendResult]:
         """Write one file per email."""
-        hold_until(release_at)
+        hold_until(release)
         return [self._write(email) for email in emails]
 
     def _write(self, email: Email) -> SendResult:

@@ -17,7 +17,7 @@ from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
 
 from mailpipe.errors import TransientSendError
-from mailpipe.transport import Email, SendResult, hold_until
+from mailpipe.transport import Email, Release, SendResult, hold_until
 from mailpipe.transport.classify import classify, classify_bulk_status
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ class SesTransport:
         client.meta.events.register("before-call.sesv2.SendBulkEmail", self._swap_body)
 
     def _hold(self, **_: Any) -> None:
-        hold_until(getattr(self._local, "release_at", None))
-        self._local.release_at = None  # later calls of the same send go at once
+        hold_until(getattr(self._local, "release", None))
+        self._local.release = None  # later calls of the same send go at once
 
     def _swap_body(self, params: dict[str, Any], **_: Any) -> None:
         # botocore's generic serializer walks every entry of a bulk call in
@@ -100,15 +100,15 @@ class SesTransport:
             params["body"] = body
             self._local.body = None
 
-    def send(self, emails: Sequence[Email], release_at: float | None = None) -> list[SendResult]:
-        """Send ``emails`` (one content): a bulk call where possible, released at ``release_at``."""
-        self._local.release_at = release_at
+    def send(self, emails: Sequence[Email], release: Release | None = None) -> list[SendResult]:
+        """Send ``emails`` (one content): a bulk call where possible, released at ``release``."""
+        self._local.release = release
         try:
             if len(emails) == 1:
                 return [self._send_one(emails[0])]
             return self._send_bulk(emails)
         finally:
-            self._local.release_at = None
+            self._local.release = None
 
     def _send_bulk(self, emails: Sequence[Email]) -> list[SendResult]:
         data = [_replacement_data(email) for email in emails]
