@@ -41,3 +41,24 @@ class Backlog:
     def take(self, n: int) -> None:
         """``n`` jobs came out of it (or never went in)."""
         self.count -= n
+
+
+class Handed:
+    """Requests handed to the provider and not yet recorded: the pool adds them
+    as their call leaves, the recorder settles them once their outcome is
+    stored. A stop cannot call these back."""
+
+    def __init__(self) -> None:
+        self._topics: dict[int, str] = {}
+
+    def add(self, job: Job) -> None:
+        """``job`` is in a provider call now."""
+        self._topics[job.request_id] = job.topic_id
+
+    def settle(self, request_id: int) -> None:
+        """The outcome of ``request_id`` is stored."""
+        self._topics.pop(request_id, None)
+
+    def of_topic(self, topic_id: str) -> list[int]:
+        """The handed requests of ``topic_id``."""
+        return [rid for rid, topic in self._topics.items() if topic == topic_id]

@@ -9,12 +9,13 @@ the senders produced is stored before shutdown finishes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from datetime import datetime
 
 import trio
 
 from mailpipe.errors import StoreError
+from mailpipe.jobs import Handed
 from mailpipe.model import Outcome
 from mailpipe.store import Store
 from mailpipe.timeutil import utcnow
@@ -30,7 +31,7 @@ class Recorder:
         store: Store,
         outcomes: trio.MemoryReceiveChannel[Outcome],
         *,
-        handed: MutableMapping[int, str] | None = None,
+        handed: Handed,
         max_batch: int = 500,
         max_delay: float = 0.1,
         retry_delay: float = 1.0,
@@ -39,27 +40,22 @@ class Recorder:
     ) -> None:
         self._store = store
         self._outcomes = outcomes
-        self.handed: MutableMapping[int, str] = handed if handed is not None else {}
+        self._handed = handed
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._retry_delay = retry_delay
         self._max_retries = max_retries
         self._now = now
-        self.written = 0
-        self.done = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Record outcomes until the channel is closed and drained."""
-        try:
-            async with self._outcomes:
-                task_status.started()
-                while True:
-                    batch = await self._collect()
-                    if not batch:
-                        return
-                    await self._write(batch)
-        finally:
-            self.done.set()
+        async with self._outcomes:
+            task_status.started()
+            while True:
+                batch = await self._collect()
+                if not batch:
+                    return
+                await self._write(batch)
 
     async def _collect(self) -> list[Outcome]:
         try:
@@ -102,6 +98,5 @@ class Recorder:
                     "are sent again after a restart",
                     len(batch),
                 )
-        self.written += len(batch)
         for outcome in batch:
-            self.handed.pop(outcome.request_id, None)
+            self._handed.settle(outcome.request_id)

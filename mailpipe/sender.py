@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -32,7 +32,7 @@ from mailpipe.errors import (
     Throttled,
     TransientSendError,
 )
-from mailpipe.jobs import Backlog, Job
+from mailpipe.jobs import Backlog, Handed, Job
 from mailpipe.limiter import Limiter
 from mailpipe.metrics import Metrics
 from mailpipe.model import Outcome
@@ -117,7 +117,7 @@ class SenderPool:
         max_concurrent: int,
         graceful_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        handed: MutableMapping[int, str] | None = None,
+        handed: Handed,
         gate: PauseGate | None = None,
         backlog: Backlog | None = None,
         rng: random.Random | None = None,
@@ -140,7 +140,7 @@ class SenderPool:
         self._waiting: trio.Nursery | None = None
         self._workers: trio.Nursery | None = None
         self.max_batch = batch_size(transport.max_batch, limiter.target)
-        self.handed: MutableMapping[int, str] = handed if handed is not None else {}
+        self._handed = handed
         self.stops = TopicStops()
         self.suppressed = RecentSuppressions()
         self.gate = gate or PauseGate()
@@ -155,7 +155,7 @@ class SenderPool:
         here) or sees the stop before it is handed.
         """
         self.stops.stop(topic_id, upto)
-        return [rid for rid, topic in self.handed.items() if topic == topic_id]
+        return self._handed.of_topic(topic_id)
 
     def stop(self) -> None:
         """Stop dispatching; calls in flight still finish and are recorded."""
@@ -241,7 +241,7 @@ class SenderPool:
                     composed = [c for job, c in zip(batch, composed, strict=True)
                                 if job.request_id in kept]
                 for job in live:
-                    self.handed[job.request_id] = job.topic_id
+                    self._handed.add(job)
                 release = (
                     Release(time.perf_counter() + (start - trio.current_time()), permit.report_late)
                     if self._lead and permit is not None

@@ -31,7 +31,7 @@ from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
-from mailpipe.jobs import Backlog, Job
+from mailpipe.jobs import Backlog, Handed, Job
 from mailpipe.limiter import Limiter, RateLimiter
 from mailpipe.metrics import Metrics, Reporter
 from mailpipe.model import Outcome
@@ -170,7 +170,7 @@ def _assemble(
     metrics.rate.set(rate)
     announce_send, announce_recv = trio.open_memory_channel[Announcement](64)
     gate = PauseGate(announce_send if store.cluster is not None else None)
-    handed: dict[int, str] = {}
+    handed = Handed()
     capacity = channel_capacity(rate)
     chunk = batch_size(transport.max_batch, rate)
     jobs_send, jobs_recv = trio.open_memory_channel[list[Job]](max(2, capacity // chunk))

@@ -1,4 +1,4 @@
-"""Request status codes (the Go service's numbers) and their allowed transitions.
+"""Request status codes (the Go service's numbers); how a request moves between them:
 
     CREATED ──claim──► PROCESSING ──► SENT
        ▲  │                │  └─────► FAILED
@@ -20,16 +20,6 @@ class Status(IntEnum):
     FAILED = 3
     STOPPED = 4
 
-
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.CREATED: frozenset({Status.PROCESSING, Status.STOPPED}),
-    Status.PROCESSING: frozenset(
-        {Status.SENT, Status.FAILED, Status.STOPPED, Status.CREATED}
-    ),
-    Status.SENT: frozenset(),
-    Status.FAILED: frozenset(),
-    Status.STOPPED: frozenset(),
-}
 
 STAT_NAMES: dict[Status, str] = {
     Status.CREATED: "created",

@@ -15,7 +15,7 @@ import trio.testing
 from mailpipe.compose import Composer
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import PermanentSendError, SendingPaused, Throttled, TransientSendError
-from mailpipe.jobs import Job
+from mailpipe.jobs import Handed, Job
 from mailpipe.limiter import RateLimiter
 from mailpipe.metrics import Metrics
 from mailpipe.model import Content, Outcome
@@ -72,7 +72,7 @@ async def running_pool(
         jobs_recv, out_send, metrics, max_concurrent=4,
         retry=RetryPolicy(max_attempts=max_attempts, base_delay=1.0, max_delay=8.0,
                           throttle_delay=0.5),
-        gate=gate, rng=random.Random(7), lead=0.0,
+        handed=Handed(), gate=gate, rng=random.Random(7), lead=0.0,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
