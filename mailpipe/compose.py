@@ -19,8 +19,8 @@ from mailpipe.content.prepared import PreparedContent
 from mailpipe.content.templates import TemplateError
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import PermanentSendError
-from mailpipe.jobs import Job
 from mailpipe.model import Content
+from mailpipe.pipeline.jobs import Job
 from mailpipe.transport import Email, request_headers, request_tags
 
 PREPARED_CACHE = 256

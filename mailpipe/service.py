@@ -22,7 +22,6 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from mailpipe.addresses import AddressValidator
-from mailpipe.cluster import ClusterSync
 from mailpipe.compose import Composer
 from mailpipe.config import Config
 from mailpipe.content.tokens import Tokens
@@ -31,17 +30,18 @@ from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
-from mailpipe.jobs import Backlog, Handed, Job
-from mailpipe.limiter import Limiter, RateLimiter
-from mailpipe.metrics import Metrics, Reporter
 from mailpipe.model import Outcome
-from mailpipe.pause import Announcement, PauseGate
-from mailpipe.probe import run_pause_probe
-from mailpipe.recorder import Recorder
-from mailpipe.scheduler import Scheduler
+from mailpipe.pipeline.cluster import ClusterSync
+from mailpipe.pipeline.jobs import Backlog, Handed, Job
+from mailpipe.pipeline.limiter import Limiter, RateLimiter
+from mailpipe.pipeline.metrics import Metrics, Reporter
+from mailpipe.pipeline.pause import Announcement, PauseGate
+from mailpipe.pipeline.probe import run_pause_probe
+from mailpipe.pipeline.recorder import Recorder
+from mailpipe.pipeline.scheduler import Scheduler
+from mailpipe.pipeline.sender import RetryPolicy, SenderPool, batch_size
+from mailpipe.pipeline.shared_rate import SharedRateLimiter
 from mailpipe.secrets_file import load_or_create_secret_file, replace_secret_file
-from mailpipe.sender import RetryPolicy, SenderPool, batch_size
-from mailpipe.shared_rate import SharedRateLimiter
 from mailpipe.store import Cluster, Store, open_store
 from mailpipe.timeutil import utcnow
 from mailpipe.transport import Transport

@@ -13,7 +13,7 @@ from mailpipe.compose import Composer
 from mailpipe.content import Tokens, add_tracking
 from mailpipe.content.prepared import PreparedContent, TrackedBody
 from mailpipe.errors import PermanentSendError
-from mailpipe.jobs import Job
+from mailpipe.pipeline.jobs import Job
 from mailpipe.store import Content
 
 BASE = "https://mail.example.test"

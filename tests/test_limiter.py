@@ -11,8 +11,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailpipe.limiter import MARGIN, RateLimiter
-from mailpipe.sender import batch_size
+from mailpipe.pipeline.limiter import MARGIN, RateLimiter
+from mailpipe.pipeline.sender import batch_size
 from mailpipe.transport import Release, hold_until
 
 EPS = 1e-9

@@ -9,9 +9,9 @@ import trio
 import trio.testing
 
 from mailpipe.http.api import topic_stats_json
-from mailpipe.jobs import Job
-from mailpipe.pause import PauseGate
-from mailpipe.scheduler import Scheduler
+from mailpipe.pipeline.jobs import Job
+from mailpipe.pipeline.pause import PauseGate
+from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.store import NewMessage, open_store
 from mailpipe.timeutil import utcnow
 

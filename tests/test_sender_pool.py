@@ -15,12 +15,12 @@ import trio.testing
 from mailpipe.compose import Composer
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import PermanentSendError, SendingPaused, Throttled, TransientSendError
-from mailpipe.jobs import Handed, Job
-from mailpipe.limiter import RateLimiter
-from mailpipe.metrics import Metrics
 from mailpipe.model import Content, Outcome
-from mailpipe.pause import PauseGate
-from mailpipe.sender import RetryPolicy, SenderPool
+from mailpipe.pipeline.jobs import Handed, Job
+from mailpipe.pipeline.limiter import RateLimiter
+from mailpipe.pipeline.metrics import Metrics
+from mailpipe.pipeline.pause import PauseGate
+from mailpipe.pipeline.sender import RetryPolicy, SenderPool
 from mailpipe.status import Status
 from mailpipe.transport import Email, SendResult
 from mailpipe.transport.mock import Handler, MockTransport, accept_all

@@ -17,8 +17,8 @@ import trio
 import trio.testing
 from test_limiter import max_in_window
 
-from mailpipe.limiter import MARGIN
-from mailpipe.shared_rate import SharedRateLimiter
+from mailpipe.pipeline.limiter import MARGIN
+from mailpipe.pipeline.shared_rate import SharedRateLimiter
 
 T = TypeVar("T")
 EPOCH = 1_800_000_000.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from mailpipe.stops import RecentSuppressions, TopicStops
+from mailpipe.pipeline.stops import RecentSuppressions, TopicStops
 
 
 def test_a_topic_stop_covers_ids_up_to_its_mark() -> None:

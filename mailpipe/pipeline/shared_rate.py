@@ -1,6 +1,6 @@
 """One exact rate for every instance on a PostgreSQL database.
 
-The permits come from the same pure :class:`~mailpipe.limiter.RateLimiter`
+The permits come from the same pure :class:`~mailpipe.pipeline.limiter.RateLimiter`
 as on one instance, but its state (the next slot, the sliding window of
 recent calls, the AIMD rate) lives in one database row. Each reservation is
 one short transaction on that row, under its lock, on the database's clock:
@@ -24,7 +24,7 @@ from typing import Final
 
 import trio
 
-from mailpipe.limiter import MARGIN, Permit, RateLimiter
+from mailpipe.pipeline.limiter import MARGIN, Permit, RateLimiter
 from mailpipe.store.base import Cluster
 
 REMEMBERED_STARTS: Final = 4096
@@ -33,7 +33,7 @@ REMEMBERED_STARTS: Final = 4096
 
 
 class SharedRateLimiter:
-    """The limiter of :mod:`mailpipe.limiter`, its state shared through ``cluster``."""
+    """The limiter of :mod:`mailpipe.pipeline.limiter`, its state shared through ``cluster``."""
 
     def __init__(self, cluster: Cluster, rate: float, *, margin: float = MARGIN) -> None:
         self._cluster = cluster

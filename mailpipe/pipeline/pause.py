@@ -4,7 +4,7 @@ Causes are independent: the SES account (``account``: paused, suspended, out
 of quota) and this instance's hold on the database (``database``: its lease
 may be lapsing). Sending resumes when no cause is left. An account pause is
 announced to the other instances on the same database (see
-:mod:`mailpipe.cluster`) through ``announce``, a channel the gate's owner reads.
+:mod:`mailpipe.pipeline.cluster`) through ``announce``, a channel the gate's owner reads.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from datetime import datetime
 import trio
 
 from mailpipe.errors import StoreError
-from mailpipe.jobs import Handed
 from mailpipe.model import Outcome
+from mailpipe.pipeline.jobs import Handed
 from mailpipe.store import Store
 from mailpipe.timeutil import utcnow
 

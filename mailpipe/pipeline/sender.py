@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import trio
 
-from mailpipe.backoff import backoff_delay
 from mailpipe.compose import Composer
 from mailpipe.errors import (
     PermanentSendError,
@@ -32,13 +31,14 @@ from mailpipe.errors import (
     Throttled,
     TransientSendError,
 )
-from mailpipe.jobs import Backlog, Handed, Job
-from mailpipe.limiter import Limiter
-from mailpipe.metrics import Metrics
 from mailpipe.model import Outcome
-from mailpipe.pause import PauseGate
+from mailpipe.pipeline.backoff import backoff_delay
+from mailpipe.pipeline.jobs import Backlog, Handed, Job
+from mailpipe.pipeline.limiter import Limiter
+from mailpipe.pipeline.metrics import Metrics
+from mailpipe.pipeline.pause import PauseGate
+from mailpipe.pipeline.stops import RecentSuppressions, TopicStops
 from mailpipe.status import Status
-from mailpipe.stops import RecentSuppressions, TopicStops
 from mailpipe.transport import Email, Release, SendResult, Transport
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import trio
 
-from mailpipe.pause import ACCOUNT, PauseGate
+from mailpipe.pipeline.pause import ACCOUNT, PauseGate
 from mailpipe.transport import Transport
 
 log = logging.getLogger(__name__)

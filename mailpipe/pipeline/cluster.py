@@ -20,9 +20,9 @@ from typing import Final
 import trio
 
 from mailpipe.errors import LeaseLost, StoreError
-from mailpipe.pause import DATABASE, Announcement, PauseGate
-from mailpipe.scheduler import Scheduler
-from mailpipe.sender import SenderPool
+from mailpipe.pipeline.pause import DATABASE, Announcement, PauseGate
+from mailpipe.pipeline.scheduler import Scheduler
+from mailpipe.pipeline.sender import SenderPool
 from mailpipe.store.base import Cluster, ClusterEvent
 from mailpipe.timeutil import utcnow
 

@@ -17,9 +17,9 @@ from datetime import datetime
 import trio
 
 from mailpipe.errors import StoreError
-from mailpipe.jobs import Backlog, Job
 from mailpipe.model import Content
-from mailpipe.pause import PauseGate
+from mailpipe.pipeline.jobs import Backlog, Job
+from mailpipe.pipeline.pause import PauseGate
 from mailpipe.store import Store
 from mailpipe.timeutil import utcnow
 

@@ -45,7 +45,7 @@ class Permit:
 
 class Limiter(Protocol):
     """What the sender pool needs of a rate limiter: this module's
-    :class:`RateLimiter` on one instance, :mod:`mailpipe.shared_rate`'s on many."""
+    :class:`RateLimiter` on one instance, :mod:`mailpipe.pipeline.shared_rate`'s on many."""
 
     @property
     def target(self) -> float:
@@ -184,7 +184,7 @@ class RateLimiter:
                 return False
         return sum(n for u, n in near if t <= u < t + self._span) + k <= self.ceiling
 
-    # -- state shared through a database row (mailpipe.shared_rate) --------
+    # -- state shared through a database row (mailpipe.pipeline.shared_rate) --------
 
     def state(self) -> dict[str, Any]:
         """What changes as permits are taken, as JSON-ready values."""
