@@ -14,6 +14,13 @@ Phases (each against a fresh service and database):
            boto3 send_email loop with 16 threads against the same endpoint
   http     signed SNS notifications, open pixels and bare /health per second
   backlog  service RSS with 1,000,000 rows pending
+
+With ``--store postgres`` (a PostgreSQL server at ``--pg``, default the local
+socket; each phase on a database of its own, dropped afterwards):
+  pg ceiling  the ceiling of one instance on PostgreSQL against SQLite in the
+              same run, and of two instances sharing one database
+  pg rate     the busiest 1-second window of 3 instances at EMAIL_RATE=100
+  pg ingest   one POST of 100,000 recipients on PostgreSQL
 """
 
 from __future__ import annotations
@@ -190,10 +197,10 @@ def emails(prefix: str, n: int) -> list[str]:
 # -- phases -------------------------------------------------------------------
 
 
-def bench_ingest(fake: Fake, runs: int) -> float:
+def bench_ingest(fake: Fake, runs: int, env: dict[str, Any] | None = None) -> float:
     later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     figures = []
-    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100}) as svc:
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100, **(env or {})}) as svc:
         for run in range(runs):
             # Encoded before the clock starts: the client's JSON work is not the service's.
             body = json.dumps({"messages": [{
@@ -457,6 +464,102 @@ def bench_backlog(fake: Fake, rows: int) -> float:
         return svc.rss_mb()
 
 
+# -- several instances on PostgreSQL -----------------------------------------
+
+
+@contextmanager
+def pg_database(server: str) -> Iterator[str]:
+    """A fresh database on ``server`` (a postgresql:// URL), dropped afterwards."""
+    import psycopg
+
+    name = "mailpipe_bench_" + secrets.token_hex(4)
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    head, _, query = server.partition("?")
+    url = head.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@contextmanager
+def services(n: int, env: dict[str, Any]) -> Iterator[list[Service]]:
+    """``n`` services with ``env``, each in a data directory of its own."""
+    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as tmp:
+        started: list[Service] = []
+        try:
+            for i in range(n):
+                workdir = Path(tmp) / str(i)
+                workdir.mkdir()
+                started.append(Service(workdir, env))
+            yield started
+        finally:
+            for svc in started:
+                svc.close()
+
+
+def ceiling_of(fake: Fake, n: int, env: dict[str, Any], instances: int = 1) -> dict[str, float]:
+    """Sends per second of ``instances`` services sharing ``n`` recipients, rate unbounded."""
+    fake.reset()
+    fake.configure(latency=0.05)
+    env = {"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100_000, "MAX_CONCURRENT": 64,
+           **env}
+    with services(instances, env) as running:
+        cpu0 = sum(svc.cpu_s() for svc in running)
+        running[0].post("ceiling", emails("ceil", n))
+        wait_until(lambda: fake.stats()["recipients"] >= n, timeout=300)
+        cpu = sum(svc.cpu_s() for svc in running) - cpu0
+        arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
+        wait_until(lambda: running[0].stats("ceiling")["sent"] >= n, timeout=60)
+        rss = max(svc.rss_mb() for svc in running)
+    span = arrivals[-1] - arrivals[0]
+    return {"sends_per_s": bisect.bisect_left(arrivals, arrivals[-1]) / span,
+            "service_cpu_s": cpu, "rss_mb": rss}
+
+
+def sent_total(svc: Service) -> float:
+    """The service's ``mailpipe_sent_total``."""
+    match = re.search(r"^mailpipe_sent_total (\S+)$", svc.http.get("/metrics").text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def bench_postgres(fake: Fake, server: str, quick: bool) -> dict[str, float]:
+    results: dict[str, float] = {}
+    n = 20_000 if quick else 50_000
+    sqlite = ceiling_of(fake, n, {})
+    with pg_database(server) as url:
+        one = ceiling_of(fake, n, {"DATABASE_URL": url})
+    with pg_database(server) as url:
+        two = ceiling_of(fake, n, {"DATABASE_URL": url}, instances=2)
+    results.update({
+        "sqlite_ceiling_sends_per_s": sqlite["sends_per_s"],
+        "pg_ceiling_sends_per_s": one["sends_per_s"],
+        "pg_vs_sqlite_ceiling": one["sends_per_s"] / sqlite["sends_per_s"],
+        "pg_2_instances_ceiling_sends_per_s": two["sends_per_s"],
+        "pg_ceiling_service_cpu_s": one["service_cpu_s"],
+        "pg_rss_mb": one["rss_mb"],
+    })
+    seconds = 10 if quick else 30
+    fake.reset()
+    fake.configure(latency=0.0)
+    with pg_database(server) as url:
+        env = {"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100, "DATABASE_URL": url}
+        with services(3, env) as running:
+            running[0].post("rate", emails("rate", 100 * seconds))
+            wait_until(lambda: fake.stats()["recipients"] >= 100 * seconds, seconds * 2 + 30)
+            arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
+            shares = [sent_total(svc) for svc in running]
+    results["pg_3_instances_rate_target"] = 100
+    results["pg_3_instances_max_1s_window"] = max_in_window(arrivals)
+    results["pg_3_instances_min_share"] = min(shares)
+    with pg_database(server) as url:
+        results["pg_ingest_recipients_per_s"] = bench_ingest(fake, runs=3 if quick else 5,
+                                                             env={"DATABASE_URL": url})
+    return results
+
+
 # -- main ---------------------------------------------------------------------
 
 
@@ -466,6 +569,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--only", help="comma-separated phases: ingest,rate,latency,ceiling,"
                         "http,backlog (for profiling)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: the several-instances phases instead")
+    parser.add_argument("--pg", default="postgresql://postgres@/postgres?host=/var/run/postgresql",
+                        help="the PostgreSQL server for --store postgres")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
 
@@ -477,6 +584,9 @@ def main() -> int:
     results: dict[str, Any] = {}
     fake = Fake("--max-send-rate", "1000000000")
     try:
+        if args.store == "postgres":
+            results.update(bench_postgres(fake, args.pg, quick))
+            wanted = set()  # the PostgreSQL phases only
         if phase('ingest'):
             results["ingest_recipients_per_s"] = bench_ingest(fake, runs=3 if quick else 5)
             progress(results, started)
@@ -518,6 +628,12 @@ TARGETS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
                                 2000, 5 * r["baseline_boto3_sends_per_s"])),
     "latency_p50_ms": ("<= 50", lambda r: r["latency_p50_ms"] <= 50),
     "rss_mb_backlog": ("<= 200", lambda r: r["rss_mb_backlog"] <= 200),
+    "pg_vs_sqlite_ceiling": (">= 0.8", lambda r: r["pg_vs_sqlite_ceiling"] >= 0.8),
+    "pg_3_instances_max_1s_window": ("<= rate_target", lambda r: r[
+        "pg_3_instances_max_1s_window"] <= r["pg_3_instances_rate_target"]),
+    "pg_3_instances_min_share": ("> 0", lambda r: r["pg_3_instances_min_share"] > 0),
+    "pg_ingest_recipients_per_s": (">= 100,000",
+                                   lambda r: r["pg_ingest_recipients_per_s"] >= 100_000),
     "sns_events_per_s": (">= 80 % of health_per_s",
                          lambda r: r["sns_events_per_s"] is not None
                          and r["sns_events_per_s"] >= 0.8 * r["health_per_s"]),
