@@ -6,6 +6,10 @@ handed out), runs in one transaction that commits when the call returns and
 rolls back when it raises, and every driver error (pool timeouts included)
 reaches the caller as :class:`~mailpipe.errors.StoreError`. Sessions run in
 UTC, so ``timestamptz`` values come back as aware UTC datetimes.
+
+After the server dropped the pool's connections (a restart), the first call
+waits about a second: psycopg_pool backs off between failed checks before it
+hands over a fresh connection.
 """
 
 from __future__ import annotations
