@@ -13,6 +13,7 @@ import pgkit
 import psycopg
 import pytest
 import trio
+from test_store import bounce
 
 from mailpipe.errors import LeaseLost, StoreError
 from mailpipe.http.api import topic_stats_json
@@ -144,11 +145,15 @@ async def test_a_stop_and_suppressions_reach_the_other_instance_once(pg_url: str
         assert await a.stop_topic("t", 1, exclude=(), now=now) == 0  # b holds row 1
         await a.add_suppression("Q@x.com", "bounce", None)
         await a.delete_suppression("q@x.com")
+        await a.unsubscribe(1, "link", "{}", now)
+        await a.record_feedback("sns-1", bounce(("X@x.com", "Y@x.com"), None, hint=1), now)
         events, cursor = await cluster_of(b).events_since(cursor)
         assert [(e.kind, e.payload) for e in events] == [
             ("stop", {"topic": "t", "upto": 1}),
-            ("suppress", {"entries": [["Q@x.com", "bounce"]]}),
+            ("suppress", {"entries": [["q@x.com", "bounce"]]}),
             ("lift", {"address": "q@x.com"}),
+            ("suppress", {"entries": [["x@x.com", "unsubscribe"]]}),
+            ("suppress", {"entries": [["y@x.com", "bounce"]]}),  # x@ was suppressed already
         ]
         assert await cluster_of(b).events_since(cursor) == ([], cursor)
         assert await cluster_of(b).stop_own_claims("t", 1, exclude=(), now=now) == 1

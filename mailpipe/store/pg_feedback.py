@@ -12,7 +12,7 @@ cluster event in the same transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mailpipe.model import FeedbackOutcome, IdempotencyKey, Suppression
 from mailpipe.store.feedback import (
@@ -36,6 +36,24 @@ if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
 
 
+_CORRELATE: Final = (
+    'SELECT id, "to", message_id = %(ses)s, id = %(hint)s FROM email_requests'
+    " WHERE message_id = %(ses)s OR id = %(hint)s"
+)
+"""The requests with an event's SES message id or its hinted id, and which each is."""
+_UNSUBSCRIBE: Final = (
+    'WITH r AS (SELECT id, "to" FROM email_requests WHERE id = %(id)s),'
+    " added AS (INSERT INTO suppressions (address, reason, source, request_id, created_at)"
+    " SELECT lower(trim(\"to\")), 'unsubscribe', %(source)s, id, %(now)s FROM r"
+    " ON CONFLICT (address) DO NOTHING RETURNING address),"
+    " result AS (INSERT INTO email_results"
+    " (request_id, status, raw, created_at, updated_at, recipient)"
+    ' SELECT id, %(status)s, %(raw)s, %(now)s, %(now)s, "to" FROM r)'
+    " SELECT address FROM added"
+)
+"""Suppress a request's recipient and add its result in one statement; the address
+when it was newly suppressed."""
+
 # -- SES feedback ----------------------------------------------------------------
 
 
@@ -54,16 +72,11 @@ def record_event(
     ).rowcount
     if not fresh:
         return FeedbackOutcome(duplicate=True)
-    candidates: list[tuple[int, str]] = []
-    if event.ses_message_id:
-        candidates = conn.execute(
-            'SELECT id, "to" FROM email_requests WHERE message_id = %s', (event.ses_message_id,)
-        ).fetchall()
-    hinted = None
-    if event.request_id_hint is not None:
-        hinted = conn.execute(
-            'SELECT id, "to" FROM email_requests WHERE id = %s', (event.request_id_hint,)
-        ).fetchone()
+    found = conn.execute(
+        _CORRELATE, {"ses": event.ses_message_id or None, "hint": event.request_id_hint}
+    ).fetchall()
+    candidates = [(rid, to) for rid, to, by_ses, _ in found if by_ses]
+    hinted = next(((rid, to) for rid, to, _, by_hint in found if by_hint), None)
     matches = match_recipients(event, candidates, hinted)
     rows = result_rows(matches)
     with conn.cursor() as cur:
@@ -74,13 +87,14 @@ def record_event(
         )
     wanted = suppressions_of(event, matches)
     source = event.ses_message_id or sns_message_id
-    added = sum(
-        add_suppression(conn, rcpt, reason, source, rid, now, publish=False)
+    added = [
+        (stored, reason)
         for rid, rcpt, reason in wanted
-    )
+        if (stored := _suppress(conn, rcpt, reason, source, rid, now)) is not None
+    ]
     if added:
-        publish_in(conn, "suppress", {"entries": [[rcpt, reason] for _, rcpt, reason in wanted]})
-    return feedback_outcome(rows, added, wanted)
+        publish_in(conn, "suppress", {"entries": [list(entry) for entry in added]})
+    return feedback_outcome(rows, len(added), wanted)
 
 
 # -- suppressions ----------------------------------------------------------------
@@ -93,20 +107,32 @@ def add_suppression(
     source: str | None,
     request_id: int | None,
     now: datetime,
-    *,
-    publish: bool = True,
 ) -> bool:
-    """Suppress ``address``; False when it already was (the first reason is kept).
-    With ``publish``, a new suppression is announced to the other instances."""
+    """Suppress ``address`` (and tell the other instances); False when it already
+    was (the first reason is kept)."""
+    stored = _suppress(conn, address, reason, source, request_id, now)
+    if stored is not None:
+        publish_in(conn, "suppress", {"entries": [[stored, reason]]})
+    return stored is not None
+
+
+def _suppress(
+    conn: Conn,
+    address: str,
+    reason: str,
+    source: str | None,
+    request_id: int | None,
+    now: datetime,
+) -> str | None:
+    """Suppress ``address``: the address as stored when new, None when it already was."""
     check_reason(reason)
-    added = conn.execute(
+    row = conn.execute(
         "INSERT INTO suppressions (address, reason, source, request_id, created_at)"
-        " VALUES (lower(trim(%s)), %s, %s, %s, %s) ON CONFLICT (address) DO NOTHING",
+        " VALUES (lower(trim(%s)), %s, %s, %s, %s) ON CONFLICT (address) DO NOTHING"
+        " RETURNING address",
         (address, reason, source, request_id, now),
-    ).rowcount == 1
-    if added and publish:
-        publish_in(conn, "suppress", {"entries": [[address, reason]]})
-    return added
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def get_suppression(conn: Conn, address: str) -> Suppression | None:
@@ -164,12 +190,14 @@ def recipient_of(conn: Conn, request_id: int) -> str | None:
 def unsubscribe(conn: Conn, request_id: int, source: str, raw: str, now: datetime) -> bool:
     """Suppress the request's recipient (``unsubscribe``) and add an ``Unsubscribe``
     result; False when the address was suppressed already (or there is no request)."""
-    to = recipient_of(conn, request_id)
-    if to is None:
+    row = conn.execute(
+        _UNSUBSCRIBE,
+        {"id": request_id, "source": source, "raw": raw, "now": now, "status": UNSUBSCRIBE},
+    ).fetchone()
+    if row is None:
         return False
-    added = add_suppression(conn, to, "unsubscribe", source, request_id, now)
-    record_result(conn, request_id, UNSUBSCRIBE, raw, now)
-    return added
+    publish_in(conn, "suppress", {"entries": [[row[0], "unsubscribe"]]})
+    return True
 
 
 # -- idempotency keys ------------------------------------------------------------
