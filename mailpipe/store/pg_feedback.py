@@ -90,7 +90,7 @@ def record_event(
     added = [
         (stored, reason)
         for rid, rcpt, reason in wanted
-        if (stored := _suppress(conn, rcpt, reason, source, rid, now)) is not None
+        if (stored := add_suppression(conn, rcpt, reason, source, rid, now, publish=False))
     ]
     if added:
         publish_in(conn, "suppress", {"entries": [list(entry) for entry in added]})
@@ -107,24 +107,11 @@ def add_suppression(
     source: str | None,
     request_id: int | None,
     now: datetime,
-) -> bool:
-    """Suppress ``address`` (and tell the other instances); False when it already
-    was (the first reason is kept)."""
-    stored = _suppress(conn, address, reason, source, request_id, now)
-    if stored is not None:
-        publish_in(conn, "suppress", {"entries": [[stored, reason]]})
-    return stored is not None
-
-
-def _suppress(
-    conn: Conn,
-    address: str,
-    reason: str,
-    source: str | None,
-    request_id: int | None,
-    now: datetime,
+    *,
+    publish: bool = True,
 ) -> str | None:
-    """Suppress ``address``: the address as stored when new, None when it already was."""
+    """Suppress ``address``: the address as stored when new, None when it already was
+    (the first reason is kept). With ``publish``, the other instances are told."""
     check_reason(reason)
     row = conn.execute(
         "INSERT INTO suppressions (address, reason, source, request_id, created_at)"
@@ -132,7 +119,11 @@ def _suppress(
         " RETURNING address",
         (address, reason, source, request_id, now),
     ).fetchone()
-    return str(row[0]) if row else None
+    if row is None:
+        return None
+    if publish:
+        publish_in(conn, "suppress", {"entries": [[row[0], reason]]})
+    return str(row[0])
 
 
 def get_suppression(conn: Conn, address: str) -> Suppression | None:

@@ -388,9 +388,10 @@ class PostgresStore:
     ) -> bool:
         """Never send to ``address`` again; False if it already was."""
         when = now or utcnow()
-        return await self._pool.run(
+        stored = await self._pool.run(
             lambda conn: _sql.add_suppression(conn, address, reason, source, request_id, when)
         )
+        return stored is not None
 
     async def get_suppression(self, address: str) -> Suppression | None:
         """The suppression of ``address`` (compared lower-cased), or None."""
