@@ -101,3 +101,12 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
         return tmp_path / "app.db"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings putting a service's store on SQLite (none) or on PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("pg_url")
+    return {"DATABASE_URL": url}

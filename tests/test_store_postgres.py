@@ -8,11 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pgkit
 import psycopg
 import pytest
 import trio
+from conftest import api_client, make_config, running_service
+from test_service_outbox import wait_for_sent
 from test_store import bounce
 
 from mailpipe.errors import LeaseLost, StoreError
@@ -65,7 +68,7 @@ async def test_two_instances_claim_disjoint_rows(pg_url: str) -> None:
     now = utcnow()
     claims: dict[str, list[int]] = {}
     async with two_instances(pg_url) as (a, b):
-        emails = [f"{i}@x.com" for i in range(300)]
+        emails = [f"{i}@x.com" for i in range(40)]
         await a.insert_messages([NewMessage("t", "s", "c", emails)], now)
 
         async def drain(store: Store) -> None:
@@ -298,3 +301,23 @@ async def test_upkeep_prunes_old_events_and_sns_message_ids(pg_url: str) -> None
         await store.prune(now)
         assert pgkit.execute(pg_url, "SELECT kind FROM cluster_events") == [("resume",)]
         assert pgkit.execute(pg_url, "SELECT message_id FROM sns_messages") == [("new",)]
+
+
+async def test_two_services_on_one_database_send_each_recipient_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    emails = [f"user{i}@example.com" for i in range(40)]
+    body = {"messages": [{"topicId": "t", "emails": emails, "subject": "Hi",
+                          "content": "<p>Hello</p>"}]}
+    configs = [make_config(tmp_path / name, EMAIL_RATE=50, DATABASE_URL=pg_url)
+               for name in ("a", "b")]
+    with trio.fail_after(30):
+        async with running_service(configs[0]) as a, running_service(configs[1]) as b:
+            async with api_client(a) as client:
+                assert (await client.post("/v1/messages", json=body)).status_code == 200
+                await wait_for_sent(client, "t", 40)
+            async with api_client(b) as client:
+                stats = (await client.get("/v1/topics/t")).json()
+    assert stats["request"]["sent"] == 40
+    files = [f for name in ("a", "b") for f in (tmp_path / name / "data" / "outbox").glob("*.eml")]
+    assert len(files) == 40
