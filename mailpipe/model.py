@@ -31,6 +31,10 @@ class NewMessage:
     data: Sequence[str | None] | None = None
     """Per-recipient template data as JSON text, aligned with ``emails``; None for none."""
 
+    def due_at(self, now: datetime) -> datetime:
+        """When its requests fall due: ``scheduled_at``, or ``now`` when that is not later."""
+        return self.scheduled_at if self.scheduled_at and self.scheduled_at > now else now
+
 
 @dataclass(frozen=True)
 class Claimed:

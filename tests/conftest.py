@@ -1,9 +1,10 @@
-"""Shared fixtures: a real service on port 0 with a real SQLite file."""
+"""Shared fixtures: a real service on port 0 with a real SQLite file; PostgreSQL
+test databases (see :mod:`pgkit`)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from mailpipe.service import Service, run_service
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pgkit  # noqa: E402  (found through the path above)
 
 API_KEY = "test-key-0123456789"
 
@@ -71,3 +74,39 @@ def ses_config(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     return make_config(tmp_path, EMAIL_TRANSPORT="ses", **env)
+
+
+@pytest.fixture(scope="module")
+def pg_database(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database for this test module: (name, URL); dropped after."""
+    pgkit.reachable_or_skip()
+    name, url = pgkit.create_database(request.module.__name__)
+    try:
+        yield name, url
+    finally:
+        pgkit.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_database: tuple[str, str]) -> str:
+    """The URL of this module's database, emptied for this test."""
+    pgkit.reset_database(pg_database[1])
+    return pg_database[1]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store test opens its store: a SQLite file, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "app.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings putting a service's store on SQLite (none) or on PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("pg_url")
+    return {"DATABASE_URL": url}

@@ -19,8 +19,10 @@ async def wait_for_sent(client, topic: str, n: int) -> dict:  # type: ignore[no-
         await trio.sleep(0.05)
 
 
-async def test_twenty_recipients_end_as_twenty_files(tmp_path: Path) -> None:
-    config = make_config(tmp_path, EMAIL_RATE=100)
+async def test_twenty_recipients_end_as_twenty_files(
+    tmp_path: Path, store_env: dict[str, str]
+) -> None:
+    config = make_config(tmp_path, EMAIL_RATE=100, **store_env)
     with trio.fail_after(20):
         async with running_service(config) as svc, api_client(svc) as client:
             emails = [f"user{i}@example.com" for i in range(20)]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
 
 from mailpipe.model import SUPPRESSION_REASONS, FeedbackOutcome, Suppression
 from mailpipe.timeutil import from_db, to_db
@@ -60,46 +60,71 @@ def record_event_in_transaction(
         "DELETE FROM sns_messages WHERE created_at < ?", (to_db(now - SNS_DEDUPE_KEEP),)
     )
     matches = correlate(conn, event)
-    rows = _result_rows(matches)
+    rows = result_rows(matches)
     # A record that matches no request is stored with request_id NULL rather
     # than dropped: SES only reports mail this account sent (before an
     # upgrade, by another sender on the configuration set, or before the
     # message id was recorded), it stays auditable, SNS stops retrying, and
     # the volume is bounded by our own sends.
     conn.executemany(
-        "INSERT INTO email_results (request_id, status, raw, created_at, updated_at,"
-        " sns_message_id, ses_message_id, recipient, bounce_type, bounce_subtype)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                rid,
-                event.event_type,
-                event.raw,
-                now_text,
-                now_text,
-                sns_message_id,
-                event.ses_message_id,
-                rcpt,
-                event.bounce_type,
-                event.bounce_subtype,
-            )
-            for rid, rcpt in rows
-        ],
+        f"INSERT INTO email_results ({RESULT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        result_values(event, sns_message_id, rows, now_text),
     )
-    suppressed = 0
-    suppressions: list[tuple[str, str]] = []
+    added = 0
+    wanted = suppressions_of(event, matches)
+    source = event.ses_message_id or sns_message_id
+    for rid, rcpt, reason in wanted:
+        added += add_suppression(conn, rcpt, reason, source, rid, now)
+    return feedback_outcome(rows, added, wanted)
+
+
+RESULT_COLUMNS: Final = (
+    "request_id, status, raw, created_at, updated_at,"
+    " sns_message_id, ses_message_id, recipient, bounce_type, bounce_subtype"
+)
+"""The columns of an SES feedback result row, in :func:`result_values`' order."""
+
+
+def result_values(
+    event: SesEvent, sns_message_id: str, rows: list[Match], now: object
+) -> list[tuple[object, ...]]:
+    """The :data:`RESULT_COLUMNS` values of each result row (``now`` as the store keeps times)."""
+    return [
+        (
+            rid,
+            event.event_type,
+            event.raw,
+            now,
+            now,
+            sns_message_id,
+            event.ses_message_id,
+            rcpt,
+            event.bounce_type,
+            event.bounce_subtype,
+        )
+        for rid, rcpt in rows
+    ]
+
+
+def suppressions_of(event: SesEvent, matches: list[Match]) -> list[tuple[int | None, str, str]]:
+    """(request id, address, reason) of each recipient the record suppresses:
+    every one of a complaint or a permanent bounce, none otherwise."""
     reason = "complaint" if event.complaint else "bounce" if event.permanent_bounce else None
-    if reason is not None:
-        source = event.ses_message_id or sns_message_id
-        for rid, rcpt in matches:
-            if rcpt is not None:
-                suppressed += add_suppression(conn, rcpt, reason, source, rid, now)
-                suppressions.append((rcpt, reason))
+    if reason is None:
+        return []
+    return [(rid, rcpt, reason) for rid, rcpt in matches if rcpt is not None]
+
+
+def feedback_outcome(
+    rows: list[Match], added: int, wanted: list[tuple[int | None, str, str]]
+) -> FeedbackOutcome:
+    """What storing a record did: its result rows, how many matched a request,
+    suppressions added, and every (address, reason) it suppresses."""
     return FeedbackOutcome(
         results=len(rows),
         matched=sum(rid is not None for rid, _ in rows),
-        suppressed=suppressed,
-        suppressions=tuple(suppressions),
+        suppressed=added,
+        suppressions=tuple((rcpt, reason) for _, rcpt, reason in wanted),
     )
 
 
@@ -120,6 +145,14 @@ def correlate(conn: sqlite3.Connection, event: SesEvent) -> list[Match]:
         hinted = conn.execute(
             'SELECT id, "to" FROM email_requests WHERE id = ?', (event.request_id_hint,)
         ).fetchone()
+    return match_recipients(event, candidates, hinted)
+
+
+def match_recipients(
+    event: SesEvent, candidates: list[tuple[int, str]], hinted: tuple[int, str] | None
+) -> list[Match]:
+    """The request of each affected recipient, given the (id, to) of the requests
+    with the event's SES message id and of the hinted request (see :func:`correlate`)."""
     matches: list[Match] = []
     for rcpt in event.recipients or (None,):
         rid = _by_message_id(candidates, rcpt)
@@ -142,7 +175,7 @@ def _same(a: str, b: str) -> bool:
     return a.strip().lower() == b.strip().lower()
 
 
-def _result_rows(matches: list[Match]) -> list[Match]:
+def result_rows(matches: list[Match]) -> list[Match]:
     """One row per matched request (its first recipient), one per unmatched recipient."""
     seen: set[int] = set()
     rows: list[Match] = []
@@ -164,8 +197,7 @@ def add_suppression(
     now: datetime,
 ) -> bool:
     """Suppress ``address``; False when it already was (the first reason is kept)."""
-    if reason not in SUPPRESSION_REASONS:
-        raise ValueError(f"unknown suppression reason {reason!r}")
+    check_reason(reason)
     return (
         conn.execute(
             "INSERT INTO suppressions (address, reason, source, request_id, created_at)"
@@ -176,19 +208,30 @@ def add_suppression(
     )
 
 
-_COLUMNS: Final = "id, address, reason, source, request_id, created_at"
+def check_reason(reason: str) -> None:
+    """Raise ValueError unless ``reason`` is a suppression reason."""
+    if reason not in SUPPRESSION_REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}")
 
 
-def _suppression(row: tuple[int, str, str, str | None, int | None, str]) -> Suppression:
-    return Suppression(*row[:5], created_at=from_db(row[5]))
+SUPPRESSION_COLUMNS: Final = "id, address, reason, source, request_id, created_at"
+"""The columns :func:`suppression_of_row` reads."""
+
+
+def suppression_of_row(row: tuple[Any, ...]) -> Suppression:
+    """A :class:`Suppression` from its :data:`SUPPRESSION_COLUMNS` (time as text or datetime)."""
+    when = row[5]
+    created = from_db(when) if isinstance(when, str) else when.astimezone(UTC)
+    return Suppression(row[0], row[1], row[2], row[3], row[4], created)
 
 
 def get_suppression(conn: sqlite3.Connection, address: str) -> Suppression | None:
     """The suppression of ``address`` (any case), or None."""
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM suppressions WHERE address = lower(trim(?))", (address,)
+        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE address = lower(trim(?))",
+        (address,),
     ).fetchone()
-    return _suppression(row) if row else None
+    return suppression_of_row(row) if row else None
 
 
 def delete_suppression(conn: sqlite3.Connection, address: str) -> bool:
@@ -205,8 +248,16 @@ def list_suppressions(
     """Up to ``limit`` suppressions, newest first, with ids below ``before``; and the
     cursor of the next page (None on the last page)."""
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM suppressions WHERE id < ? ORDER BY id DESC LIMIT ?",
+        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE id < ? ORDER BY id DESC LIMIT ?",
         (before if before is not None else 2**63 - 1, limit + 1),
     ).fetchall()
-    page = [_suppression(row) for row in rows[:limit]]
+    return suppression_page(rows, limit)
+
+
+def suppression_page(
+    rows: list[tuple[Any, ...]], limit: int
+) -> tuple[list[Suppression], int | None]:
+    """The first ``limit`` of up to ``limit + 1`` rows (newest first) as a page, and
+    the next page's cursor (None when no row was left over)."""
+    page = [suppression_of_row(row) for row in rows[:limit]]
     return page, (page[-1].id if len(rows) > limit else None)

@@ -33,12 +33,25 @@ def earlier_answer(
         "SELECT body_sha256, response FROM idempotency_keys WHERE key = ? AND created_at >= ?",
         (key.key, to_db(now - KEEP)),
     ).fetchone()
+    return answer_of(key, row)
+
+
+def answer_of(key: IdempotencyKey, row: tuple[str, str] | None) -> dict[str, Any] | None:
+    """The answer in a stored (body digest, response) ``row`` of ``key``, None without one.
+
+    Raises :class:`KeyReused` when the row's body digest is not ``key``'s.
+    """
     if row is None:
         return None
     if row[0] != key.body_sha256:
         raise KeyReused("this Idempotency-Key was already used with a different body")
     answer: dict[str, Any] = json.loads(row[1])
     return answer
+
+
+def answer_text(answer: dict[str, Any]) -> str:
+    """``answer`` as stored in ``idempotency_keys.response``."""
+    return json.dumps(answer, separators=(",", ":"))
 
 
 def prune(conn: sqlite3.Connection, now: datetime) -> int:
@@ -55,5 +68,5 @@ def remember(
     conn.execute(
         "INSERT OR REPLACE INTO idempotency_keys (key, body_sha256, response, created_at)"
         " VALUES (?, ?, ?, ?)",
-        (key.key, key.body_sha256, json.dumps(answer, separators=(",", ":")), to_db(now)),
+        (key.key, key.body_sha256, answer_text(answer), to_db(now)),
     )

@@ -186,7 +186,7 @@ class SqliteStore:
                     return InsertResult(0, False, earlier, replayed=True)
                 _idempotency.prune(conn, now)
             for msg in messages:
-                when = msg.scheduled_at if msg.scheduled_at and msg.scheduled_at > now else now
+                when = msg.due_at(now)
                 due_now = due_now or when <= now
                 (content_id,) = conn.execute(
                     "INSERT INTO email_contents (subject, content, created_at, updated_at,"

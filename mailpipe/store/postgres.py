@@ -1,0 +1,487 @@
+"""The PostgreSQL store: any number of mailpipe instances on one database.
+
+:class:`PostgresStore` keeps every promise of :class:`~mailpipe.store.base.Store`
+as :class:`~mailpipe.store.sqlite.SqliteStore` does (same results, same
+errors), and its ``cluster`` (:class:`~mailpipe.store.pg_cluster.PgCluster`)
+makes the instances one mailpipe: a claimed row is held by the instance that
+claimed it (``owner``), only its holder writes its outcome, and it is taken
+back only when the holder's lease lapsed. Every call runs in a worker thread on
+a pooled connection (:mod:`mailpipe.store.pg_pool`); driver errors surface as
+:class:`~mailpipe.errors.StoreError`. Ingest copies recipients with ``COPY``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from mailpipe.errors import LeaseLost, StoreError
+from mailpipe.model import (
+    Claimed,
+    Content,
+    FeedbackOutcome,
+    IdempotencyKey,
+    InsertResult,
+    NewMessage,
+    Outcome,
+    Recovery,
+    Suppression,
+)
+from mailpipe.status import Status
+from mailpipe.store import pg_feedback as _sql
+from mailpipe.store.base import Cluster, TopicStats
+from mailpipe.store.feedback import SNS_DEDUPE_KEEP
+from mailpipe.store.pg_cluster import PgCluster, publish_in, settle, stop_rows
+from mailpipe.store.pg_pool import Conn, PgPool
+from mailpipe.store.pg_schema import migrate
+from mailpipe.timeutil import to_db, utcnow
+
+if TYPE_CHECKING:
+    from mailpipe.feedback.ses_events import SesEvent
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK_ROWS: Final = 20_000
+"""Recipients per ``copy.write``: a few MB of text per write, few enough calls
+that Python's per-call cost vanishes, and no whole-request copy in memory."""
+EVENTS_KEEP: Final = timedelta(hours=1)
+"""How long cluster events are kept: every live instance reads them within seconds."""
+STOPS_KEEP: Final = timedelta(days=7)
+"""How long a stored topic stop is kept: far beyond any claim or retry it covers."""
+HEARTBEAT_S: Final = 1.0
+"""Seconds between heartbeats (a lease is several of them)."""
+PRUNE_EVERY_S: Final = 5.0
+"""Seconds between prunes of old events, SNS MessageIds and stops."""
+
+_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_REQUESTS: Final = (
+    'COPY email_requests (topic_id, "to", content_id, scheduled_at, status,'
+    " created_at, updated_at, data) FROM STDIN"
+)
+_CLAIM: Final = (
+    "WITH claimed AS ("
+    " UPDATE email_requests SET status = 1, owner = %(me)s, updated_at = %(now)s"
+    " WHERE id IN (SELECT id FROM email_requests WHERE status = 0"
+    " AND scheduled_at <= %(now)s AND deleted_at IS NULL ORDER BY id LIMIT %(n)s"
+    " FOR UPDATE SKIP LOCKED)"
+    # An instance whose lease was taken over claims nothing more.
+    " AND EXISTS (SELECT 1 FROM instances WHERE id = %(me)s)"
+    ' RETURNING id, topic_id, "to", content_id, data)'
+    ' SELECT c.id, c.topic_id, c."to", c.content_id, c.data, s.reason FROM claimed c'
+    ' LEFT JOIN suppressions s ON s.address = lower(c."to")'
+)
+_STOP_SUPPRESSED: Final = (
+    "UPDATE email_requests r SET status = 4, error = 'suppressed: ' || x.reason,"
+    " updated_at = %s FROM unnest(%s::bigint[], %s::text[]) AS x(id, reason) WHERE r.id = x.id"
+)
+_RECORD_OUTCOMES: Final = (
+    "UPDATE email_requests r SET status = o.status,"
+    " message_id = COALESCE(o.message_id, r.message_id), error = o.error,"
+    " attempts = r.attempts + o.attempts, updated_at = %s,"
+    " owner = CASE WHEN o.status = 0 THEN NULL ELSE r.owner END"
+    " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::int[])"
+    " AS o(id, status, message_id, error, attempts)"
+    " WHERE r.id = o.id AND r.status = 1 AND r.owner = %s"
+)
+
+
+def copy_field(value: str | None) -> str:
+    """``value`` as a field of ``COPY`` text (``\\N`` for NULL)."""
+    return "\\N" if value is None else value.translate(_COPY_ESCAPES)
+
+
+def request_copy_text(
+    msg: NewMessage, content_id: int, when: datetime, now: datetime
+) -> Iterator[str]:
+    """``msg``'s request rows as ``COPY`` text, in chunks of :data:`COPY_CHUNK_ROWS` rows."""
+    head = copy_field(msg.topic_id) + "\t"
+    tail = f"\t{content_id}\t{to_db(when)}\t0\t{to_db(now)}\t{to_db(now)}\t"
+    emails = msg.emails
+    for start in range(0, len(emails), COPY_CHUNK_ROWS):
+        part = emails[start : start + COPY_CHUNK_ROWS]
+        if msg.data is None:
+            yield _address_lines(part, head, tail + "\\N\n")
+        else:
+            data = msg.data[start : start + COPY_CHUNK_ROWS]
+            yield "".join([
+                head + copy_field(e) + tail + copy_field(d) + "\n"
+                for e, d in zip(part, data, strict=True)
+            ])
+
+
+def _address_lines(emails: Sequence[str], head: str, end: str) -> str:
+    """One ``COPY`` line ``head + address + end`` per address.
+
+    Escapes all addresses in one pass over their NUL-joined text (three times
+    faster than one by one); NUL cannot be in a PostgreSQL text, so it marks the
+    joins unless an address brings its own (or is None: then one by one, and
+    the server refuses the row).
+    """
+    try:
+        joined = "\x00".join(emails)
+    except TypeError:
+        joined = ""
+    if joined.count("\x00") != len(emails) - 1 or not emails:
+        return "".join([head + copy_field(e) + end for e in emails])
+    return head + joined.translate(_COPY_ESCAPES).replace("\x00", end + head) + end
+
+
+def _insert_message(conn: Conn, msg: NewMessage, when: datetime, now: datetime) -> None:
+    """Insert ``msg``'s content and (by ``COPY``) its requests."""
+    row = conn.execute(
+        "INSERT INTO email_contents (subject, content, created_at, updated_at, text,"
+        " track_opens, track_clicks) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (msg.subject, msg.content, now, now, msg.text, msg.track_opens, msg.track_clicks),
+    ).fetchone()
+    assert row is not None
+    if msg.data is not None and len(msg.data) != len(msg.emails):
+        raise ValueError("data must be aligned with emails")
+    with conn.cursor() as cur, cur.copy(_COPY_REQUESTS) as copy:
+        for chunk in request_copy_text(msg, row[0], when, now):
+            copy.write(chunk)
+
+
+class PostgresStore:
+    """The :class:`~mailpipe.store.base.Store` on a PostgreSQL database shared by instances."""
+
+    def __init__(self, pool: PgPool, *, lease_s: float) -> None:
+        self._pool = pool
+        self._lease_s = lease_s
+        self._cluster = PgCluster(pool)
+        self.cluster: Cluster | None = self._cluster
+
+    @property
+    def _me(self) -> str:
+        return self._cluster.instance_id
+
+    # -- ingest ------------------------------------------------------------
+
+    async def insert_messages(
+        self, messages: Sequence[NewMessage], now: datetime, *, key: IdempotencyKey | None = None
+    ) -> InsertResult:
+        """Store every message and its recipients in one transaction (all or nothing).
+
+        With ``key``, the key is taken first in that transaction: a key used
+        within 24 h stores nothing and returns the earlier answer
+        (``replayed``), or raises :class:`~mailpipe.errors.KeyReused` when its
+        body differed. Two instances racing with one key: one stores, the other
+        replays.
+        """
+
+        def txn(conn: Conn) -> InsertResult:
+            if key is not None:
+                earlier = _sql.claim_key(conn, key, now)
+                if earlier is not None:
+                    conn.rollback()
+                    return InsertResult(0, False, earlier, replayed=True)
+            due_now = False
+            for msg in messages:
+                when = msg.due_at(now)
+                due_now = due_now or when <= now
+                _insert_message(conn, msg, when, now)
+            count = sum(len(msg.emails) for msg in messages)
+            answer = None
+            if key is not None:
+                answer = key.answer(count)
+                _sql.remember_answer(conn, key, answer)
+            return InsertResult(count, due_now, answer)
+
+        return await self._pool.run(txn)
+
+    async def idempotent_answer(self, key: IdempotencyKey, now: datetime) -> dict[str, Any] | None:
+        """The answer given earlier for ``key`` (None when unused within 24 h); raises
+        :class:`~mailpipe.errors.KeyReused` when it came with another body."""
+        return await self._pool.run(lambda conn: _sql.earlier_answer(conn, key, now))
+
+    # -- sending -----------------------------------------------------------
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Claimed]:
+        """Move up to ``limit`` due CREATED rows to PROCESSING held by this instance,
+        lowest id first, skipping rows another instance is claiming. Rows to
+        suppressed addresses go to STOPPED in the same transaction."""
+
+        def txn(conn: Conn) -> list[Claimed]:
+            rows = conn.execute(_CLAIM, {"me": self._me, "now": now, "n": limit}).fetchall()
+            suppressed = [(r[0], r[5]) for r in rows if r[5]]
+            if suppressed:
+                ids, reasons = zip(*suppressed, strict=True)
+                conn.execute(_STOP_SUPPRESSED, (now, list(ids), list(reasons)))
+                log.info("stopped %d requests to suppressed addresses", len(suppressed))
+            return sorted((Claimed(*r[:5]) for r in rows if not r[5]), key=lambda c: c.id)
+
+        return await self._pool.run(txn)
+
+    async def next_scheduled_at(self) -> datetime | None:
+        """When the earliest CREATED row falls due, or None when there is none."""
+
+        def query(conn: Conn) -> datetime | None:
+            row = conn.execute(
+                "SELECT min(scheduled_at) FROM email_requests"
+                " WHERE status = 0 AND deleted_at IS NULL"
+            ).fetchone()
+            return row[0].astimezone(UTC) if row and row[0] is not None else None
+
+        return await self._pool.run(query)
+
+    async def load_contents(self, ids: Iterable[int]) -> dict[int, Content]:
+        """The contents with these ids."""
+        wanted = sorted(set(ids))
+
+        def query(conn: Conn) -> dict[int, Content]:
+            rows = conn.execute(
+                "SELECT id, subject, content, text, track_opens, track_clicks"
+                " FROM email_contents WHERE id = ANY(%s)",
+                (wanted,),
+            ).fetchall()
+            return {row[0]: Content(*row) for row in rows}
+
+        return await self._pool.run(query) if wanted else {}
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], now: datetime) -> int:
+        """Write outcomes of rows this instance holds, in one transaction; rows changed.
+
+        A row another instance holds now (this one's lease lapsed) is left alone;
+        a CREATED outcome (requeue) lets go of the row."""
+        columns = (
+            [o.request_id for o in outcomes],
+            [int(o.status) for o in outcomes],
+            [o.message_id for o in outcomes],
+            [o.error for o in outcomes],
+            [o.attempts for o in outcomes],
+        )
+
+        def txn(conn: Conn) -> int:
+            return conn.execute(_RECORD_OUTCOMES, (now, *columns, self._me)).rowcount
+
+        return await self._pool.run(txn) if outcomes else 0
+
+    async def recover_claims(self, now: datetime) -> Recovery:
+        """At start-up: take back only the rows of instances whose lease lapsed."""
+        return await self._cluster.recover_lapsed(self._lease_s, now)
+
+    async def release_claims(self, stops: Sequence[tuple[str, int]], now: datetime) -> Recovery:
+        """At shutdown: this instance's PROCESSING rows covered by ``stops`` or a stored
+        stop go to STOPPED, the rest to CREATED; then its registration is removed.
+
+        Stored stops are kept (other instances may hold rows they cover) until
+        they are a week old."""
+
+        def txn(conn: Conn) -> Recovery:
+            stopped = sum(
+                stop_rows(conn, topic, upto, (), now, owner=self._me, created_too=False)
+                for topic, upto in stops
+            )
+            rest = settle(conn, "r.owner = %s", (self._me,), now)
+            conn.execute("DELETE FROM instances WHERE id = %s", (self._me,))
+            conn.execute("DELETE FROM topic_stops WHERE created_at < %s", (now - STOPS_KEEP,))
+            return Recovery(stopped + rest.stopped, rest.requeued)
+
+        return await self._pool.run(txn)
+
+    # -- topics ------------------------------------------------------------
+
+    async def max_request_id(self, topic_id: str) -> int | None:
+        """The highest request id of the topic, or None when it has none."""
+
+        def query(conn: Conn) -> int | None:
+            row = conn.execute(
+                "SELECT max(id) FROM email_requests WHERE topic_id = %s", (topic_id,)
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else None
+
+        return await self._pool.run(query)
+
+    async def stop_topic(
+        self, topic_id: str, upto: int, *, exclude: Sequence[int], now: datetime
+    ) -> int:
+        """Store the stop, move the topic's CREATED rows and this instance's PROCESSING
+        rows (ids up to ``upto``, not in ``exclude``) to STOPPED, and publish a
+        ``stop`` event for the other instances, in one transaction; how many."""
+
+        def txn(conn: Conn) -> int:
+            conn.execute(
+                "INSERT INTO topic_stops (topic_id, upto_id, created_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (topic_id)"
+                " DO UPDATE SET upto_id = greatest(topic_stops.upto_id, excluded.upto_id)",
+                (topic_id, upto, now),
+            )
+            n = stop_rows(conn, topic_id, upto, exclude, now, owner=self._me, created_too=True)
+            publish_in(conn, "stop", {"topic": topic_id, "upto": upto})
+            return n
+
+        return await self._pool.run(txn)
+
+    async def topic_stats(self, topic_id: str) -> TopicStats:
+        """The topic's requests per status and results per event type."""
+
+        def query(conn: Conn) -> TopicStats:
+            requests = dict.fromkeys(Status, 0)
+            for status, n in conn.execute(
+                "SELECT status, count(*) FROM email_requests"
+                " WHERE topic_id = %s AND deleted_at IS NULL GROUP BY status",
+                (topic_id,),
+            ).fetchall():
+                requests[Status(status)] = n
+            results = conn.execute(
+                "SELECT r.status, count(DISTINCT r.request_id) FROM email_results r"
+                " JOIN email_requests q ON q.id = r.request_id"
+                " WHERE q.topic_id = %s GROUP BY r.status",
+                (topic_id,),
+            ).fetchall()
+            return TopicStats(requests, {status: n for status, n in results})
+
+        return await self._pool.run(query)
+
+    async def count_sent_since(self, since: datetime) -> int:
+        """How many requests reached SENT at or after ``since``."""
+
+        def query(conn: Conn) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM email_requests WHERE status = 2 AND updated_at >= %s",
+                (since,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._pool.run(query)
+
+    # -- feedback, tracking, suppressions (SQL in mailpipe.store.pg_feedback) --
+
+    async def record_feedback(
+        self, sns_message_id: str, event: SesEvent, now: datetime
+    ) -> FeedbackOutcome:
+        """Store one verified SES record (results, suppressions) in one transaction,
+        unless this SNS MessageId was stored before (``duplicate``)."""
+        return await self._pool.run(
+            lambda conn: _sql.record_event(conn, sns_message_id, event, now)
+        )
+
+    async def record_result(self, request_id: int, status: str, raw: str, now: datetime) -> bool:
+        """Add a result (``Open``, ``Click``) to a request; False when there is none."""
+        return await self._pool.run(
+            lambda conn: _sql.record_result(conn, request_id, status, raw, now)
+        )
+
+    async def recipient_of(self, request_id: int) -> str | None:
+        """The address a request was sent to, or None when there is no such request."""
+        return await self._pool.run(lambda conn: _sql.recipient_of(conn, request_id))
+
+    async def unsubscribe(self, request_id: int, source: str, raw: str, now: datetime) -> bool:
+        """Suppress the request's recipient (``unsubscribe``) and record an
+        ``Unsubscribe`` result; False when the address was suppressed already."""
+        return await self._pool.run(
+            lambda conn: _sql.unsubscribe(conn, request_id, source, raw, now)
+        )
+
+    async def add_suppression(
+        self,
+        address: str,
+        reason: str,
+        source: str | None,
+        *,
+        request_id: int | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Never send to ``address`` again; False if it already was."""
+        when = now or utcnow()
+        stored = await self._pool.run(
+            lambda conn: _sql.add_suppression(conn, address, reason, source, request_id, when)
+        )
+        return stored is not None
+
+    async def get_suppression(self, address: str) -> Suppression | None:
+        """The suppression of ``address`` (compared lower-cased), or None."""
+        return await self._pool.run(lambda conn: _sql.get_suppression(conn, address))
+
+    async def delete_suppression(self, address: str) -> bool:
+        """Lift the suppression of ``address``; False when there was none."""
+        return await self._pool.run(lambda conn: _sql.delete_suppression(conn, address))
+
+    async def list_suppressions(
+        self, limit: int, cursor: int | None = None
+    ) -> tuple[list[Suppression], int | None]:
+        """A page of suppressions, newest first, and the next page's cursor (or None)."""
+        return await self._pool.run(lambda conn: _sql.list_suppressions(conn, limit, cursor))
+
+    # -- upkeep ------------------------------------------------------------
+
+    async def run_upkeep(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Until cancelled: renew this instance's heartbeat every :data:`HEARTBEAT_S`,
+        take back lapsed instances' rows every lease, and prune old events, SNS
+        MessageIds and stops every :data:`PRUNE_EVERY_S`. A database away is
+        logged and retried; :class:`~mailpipe.errors.LeaseLost` ends it."""
+        task_status.started()
+        loop = trio.current_time
+        next_prune = next_recovery = loop()
+        while True:
+            try:
+                await self._cluster.heartbeat()
+                if loop() >= next_recovery:
+                    next_recovery = loop() + self._lease_s
+                    await self._recover_lapsed_others()
+                if loop() >= next_prune:
+                    next_prune = loop() + PRUNE_EVERY_S
+                    await self.prune(utcnow())
+            except LeaseLost:
+                log.error("this instance's lease was taken over: its claims were recovered")
+                raise
+            except StoreError as exc:
+                log.warning("store upkeep failed: %s", exc)
+            await trio.sleep(HEARTBEAT_S)
+
+    async def _recover_lapsed_others(self) -> None:
+        recovered = await self._cluster.recover_lapsed(self._lease_s, utcnow())
+        if recovered.stopped or recovered.requeued:
+            log.warning(
+                "took back the rows of lapsed instances: %d re-queued, %d stopped",
+                recovered.requeued,
+                recovered.stopped,
+            )
+
+    async def prune(self, now: datetime) -> None:
+        """Forget events older than an hour, SNS MessageIds older than a week, and
+        stops older than a week."""
+
+        def txn(conn: Conn) -> None:
+            conn.execute(
+                "DELETE FROM cluster_events WHERE created_at < %s", (now - EVENTS_KEEP,)
+            )
+            conn.execute(
+                "DELETE FROM sns_messages WHERE created_at < %s", (now - SNS_DEDUPE_KEEP,)
+            )
+            conn.execute("DELETE FROM topic_stops WHERE created_at < %s", (now - STOPS_KEEP,))
+
+        await self._pool.run(txn)
+
+    async def after_large_insert(self) -> None:
+        """Nothing: autovacuum keeps the planner's statistics."""
+
+    async def ping(self) -> None:
+        """Raise :class:`~mailpipe.errors.StoreError` unless the database answers."""
+        await self._pool.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+@asynccontextmanager
+async def open_postgres(url: str, *, lease_s: float) -> AsyncIterator[PostgresStore]:
+    """Open the database at ``url``: migrate it (once, however many instances start
+    together) and register this instance. Raises StoreError when it is unreachable."""
+    pool = PgPool(url)
+    await pool.open()
+    try:
+        old, new = await pool.run(migrate)
+        if old != new:
+            log.info("database migrated from schema %d to %d", old, new)
+        store = PostgresStore(pool, lease_s=lease_s)
+        await store._cluster.heartbeat()
+        try:
+            yield store
+        finally:
+            await store._cluster.aclose()
+    finally:
+        await pool.close()
