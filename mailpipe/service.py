@@ -280,11 +280,21 @@ async def _serve_http(
             binds = await nursery.start(
                 partial(serve, cast(Any, app), hc, shutdown_trigger=svc.shutdown_requested.wait)
             )
-        except OSError as exc:
+        except BaseException as exc:
+            refused = _bind_error(exc)
+            if refused is None:
+                raise
             raise ConfigError(
-                f"SERVER_PORT={svc.config.server_port}: cannot listen on {hc.bind[0]}: {exc}"
+                f"SERVER_PORT={svc.config.server_port}: cannot listen on {hc.bind[0]}: {refused}"
             ) from None
         task_status.started(binds)
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The socket error behind a failed start of hypercorn, if that is what it was."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 async def _watch_signals(
