@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 from feedbackkit import TOPIC, Harness, Sent, feedback_service, ses_record
+from rawhttp import post_raw
 from snskit import SnsSigner, encode, new_key
 
 from mailpipe.feedback import parse_ses_event
@@ -394,27 +395,6 @@ async def test_oversized_body_is_refused(tmp_path: Path) -> None:
             head = "Transfer-Encoding: chunked"
             assert await post_raw(h.svc.url, "/v1/events/results", head, chunks) == 413
             assert h.count("email_results") == 0
-
-
-async def post_raw(url: str, path: str, header: str, parts: list[bytes]) -> int:
-    """POST ``parts`` after one extra ``header`` line on a new connection; the status."""
-    host, port = url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n\r\n"
-        try:
-            await stream.send_all(head.encode())
-            for part in parts:
-                await stream.send_all(part)
-        except trio.BrokenResourceError:
-            pass  # the server answered and closed before taking it all
-        reply = b""
-        while b"\r\n" not in reply:
-            data = await stream.receive_some()
-            if not data:
-                break
-            reply += data
-    return int(reply.split()[1])
 
 
 async def test_processed_sns_ids_are_forgotten_after_a_week(tmp_path: Path) -> None:
