@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,6 +36,7 @@ from mailpipe.recorder import Recorder
 from mailpipe.scheduler import Scheduler
 from mailpipe.secrets_file import load_or_create_secret_file
 from mailpipe.sender import RetryPolicy, SenderPool, batch_size
+from mailpipe.signals import watch_signals
 from mailpipe.store import Outcome, Store, open_store
 from mailpipe.timeutil import utcnow
 from mailpipe.transport import Transport
@@ -193,7 +193,7 @@ async def _supervise(
     aux = [trio.CancelScope() for _ in range(4)]  # signals, reporter, probe, checkpoints
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            await nursery.start(_in_scope, aux[0], partial(_watch_signals, svc.request_shutdown))
+            await nursery.start(_in_scope, aux[0], partial(watch_signals, svc.request_shutdown))
         await nursery.start(_in_scope, aux[3], svc.store.run_upkeep)
         # HTTP binds before the scheduler claims anything: a port in use ends
         # the start before a single row is touched.
@@ -267,15 +267,3 @@ async def _serve_http(
             partial(serve, cast(Any, app), hc, shutdown_trigger=svc.shutdown_requested.wait)
         )
         task_status.started(binds)
-
-
-async def _watch_signals(
-    request_shutdown: Callable[[], None],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            request_shutdown()
