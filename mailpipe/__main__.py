@@ -10,6 +10,7 @@ import trio
 from mailpipe.config import Config, load_config
 from mailpipe.errors import ConfigError, LeaseLost, MailpipeError, StoreError
 from mailpipe.memory import limit_arenas
+from mailpipe.signals import ignore_stray_signals
 
 
 def setup_logging(level: str) -> None:
@@ -47,6 +48,7 @@ def main() -> int:
     sys.setswitchinterval(0.0005)
     from mailpipe.service import run_service
 
+    ignore_stray_signals()  # while the service runs, watch_signals logs each one
     try:
         trio.run(run_service, config)
     except KeyboardInterrupt:

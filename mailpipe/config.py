@@ -7,14 +7,18 @@ that into one log line and exit status 2.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from email_validator import EmailNotValidError, validate_email
 
 from mailpipe.errors import ConfigError
@@ -23,6 +27,9 @@ T = TypeVar("T")
 
 TRANSPORTS = ("ses", "outbox")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MIN_API_KEY_CHARS: Final = 16
+"""``API_KEY`` shorter than this is refused: it guards every send."""
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,28 @@ def load_config(environ: Mapping[str, str] | None = None, env_file: Path | None 
     env: dict[str, str] = {}
     file = env_file if env_file is not None else Path(".env")
     if file.is_file():
-        env.update({k: v for k, v in dotenv_values(file).items() if v is not None})
+        env.update(_read_env_file(file))
     env.update(os.environ if environ is None else environ)
     return _from_env(env)
+
+
+def _read_env_file(file: Path) -> dict[str, str]:
+    """The variables of a ``.env`` file; ``ConfigError`` unless it is dotenv text."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    control = _CONTROL.search(text)
+    if control is not None:
+        line = text.count("\n", 0, control.start()) + 1
+        raise ConfigError(f"{file} is not a text file (control character on line {line})")
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(f"{file} line {binding.original.line} is not NAME=value")
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _from_env(env: Mapping[str, str]) -> Config:
@@ -105,8 +131,8 @@ def _from_env(env: Mapping[str, str]) -> Config:
     return Config(
         server_port=port,
         server_bind=get("SERVER_BIND") or "0.0.0.0",
-        server_host=(get("SERVER_HOST") or f"http://localhost:{port}").rstrip("/"),
-        api_key=get("API_KEY"),
+        server_host=parse("SERVER_HOST", _base_url, f"http://localhost:{port}"),
+        api_key=_api_key(get("API_KEY")),
         db_path=db_path,
         database_url=parse("DATABASE_URL", _postgres_url, None),
         lease_s=parse("LEASE_S", _float_range(2.0, 3600.0), 10.0),
@@ -184,6 +210,37 @@ def _float_range(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return conv
+
+
+def _base_url(raw: str) -> str:
+    """An absolute http(s) URL with a host, without a trailing slash."""
+    try:
+        parts = urlsplit(raw)
+        valid = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and (parts.port is None or parts.port > 0)  # .port raises for a bad one
+            and not (parts.query or parts.fragment)
+            and not any(c.isspace() or _CONTROL.match(c) for c in raw)
+        )
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(
+            "must be an absolute http:// or https:// URL with a host and no query,"
+            " e.g. https://mail.example.com"
+        )
+    return raw.rstrip("/")
+
+
+def _api_key(raw: str | None) -> str | None:
+    """``API_KEY`` if long enough (unset: one is generated); never echoed in errors."""
+    if raw is not None and len(raw) < MIN_API_KEY_CHARS:
+        raise ConfigError(
+            f"API_KEY is too short ({len(raw)} characters): use at least"
+            f" {MIN_API_KEY_CHARS}, or leave it unset to have one generated"
+        )
+    return raw
 
 
 def _postgres_url(raw: str) -> str:

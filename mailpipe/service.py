@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,6 +41,7 @@ from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import RetryPolicy, SenderPool, batch_size
 from mailpipe.pipeline.shared_rate import SharedRateLimiter
 from mailpipe.secrets_file import load_or_create_secret_file, replace_secret_file
+from mailpipe.signals import watch_signals
 from mailpipe.store import Cluster, Store, open_store
 from mailpipe.timeutil import utcnow
 from mailpipe.transport import Transport
@@ -217,7 +217,7 @@ async def _supervise(
     Then the background is cancelled."""
     async with trio.open_nursery() as background:
         if handle_signals:
-            await background.start(_watch_signals, svc.request_shutdown)
+            await background.start(watch_signals, svc.request_shutdown)
         await background.start(svc.store.run_upkeep)
         if svc.cluster_sync is not None:
             await background.start(svc.cluster_sync.run)
@@ -295,15 +295,3 @@ def _bind_error(exc: BaseException) -> OSError | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc if isinstance(exc, OSError) else None
-
-
-async def _watch_signals(
-    request_shutdown: Callable[[], None],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            request_shutdown()

@@ -72,3 +72,69 @@ def test_bad_value_exits_2_with_one_line(tmp_path: Path, name: str, value: str) 
     assert name in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was created
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"API_KEY=\xff\xfe-not-utf8\n", "not UTF-8"),
+    (bytes(range(256)) * 4, "not UTF-8"),
+    (b"EMAIL_RATE=5\n\x00\x01\x02\x03binary\n", "control character on line 2"),
+    (b"EMAIL_RATE=5\nthis is not a setting\n", "line 2 is not NAME=value"),
+])
+def test_unreadable_env_file_names_the_file(tmp_path: Path, content: bytes, says: str) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(content)
+    with pytest.raises(ConfigError, match=says) as caught:
+        load_config({}, env_file=env_file)
+    assert str(env_file) in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [
+    "mail.example.com", "localhost:3000", "/v1", "ftp://mail.example.com", "https://",
+    "http://:80", "https://mail.example.com:99999", "https://mail.example.com/?a=1",
+    "https://mail.example.com/#x", "https://mail example.com", "javascript:alert(1)",
+])
+def test_server_host_must_be_an_absolute_http_url(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"SERVER_HOST.*absolute http"):
+        load_config({"SERVER_HOST": value}, env_file=tmp_path / "none")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("https://mail.example.com/", "https://mail.example.com"),
+    ("http://localhost:3000", "http://localhost:3000"),
+    ("https://example.com/mail", "https://example.com/mail"),
+])
+def test_server_host_accepted(tmp_path: Path, value: str, expected: str) -> None:
+    assert load_config({"SERVER_HOST": value}, env_file=tmp_path / "none").server_host == expected
+
+
+def test_short_api_key_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"API_KEY.*at least 16") as caught:
+        load_config({"API_KEY": "short-secret"}, env_file=tmp_path / "none")
+    assert "short-secret" not in str(caught.value)
+    assert load_config({"API_KEY": "x" * 16}, env_file=tmp_path / "none").api_key == "x" * 16
+    assert load_config({"API_KEY": ""}, env_file=tmp_path / "none").api_key is None
+
+
+@pytest.mark.parametrize(("env_file", "variable", "name"), [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8", None, ".env"),
+    (b"", ("SERVER_HOST", "mail.example.com"), "SERVER_HOST"),
+    (b"", ("API_KEY", "abc"), "API_KEY"),
+])
+def test_config_mistake_exits_2_with_one_line(
+    tmp_path: Path, env_file: bytes, variable: tuple[str, str] | None, name: str
+) -> None:
+    (tmp_path / ".env").write_bytes(env_file)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "EMAIL_", "API_", "SERVER_"))}
+    if variable is not None:
+        env[variable[0]] = variable[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailpipe"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert name in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import trio
 from feedbackkit import TOPIC, Harness, Sent, feedback_service, ses_record
+from rawhttp import post_raw
 from snskit import SnsSigner, encode, new_key
 
-from mailpipe.feedback import parse_ses_event
+from mailpipe.feedback import MAX_RECIPIENTS, parse_ses_event
 from mailpipe.store import open_store
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
 
@@ -396,27 +397,6 @@ async def test_oversized_body_is_refused(tmp_path: Path) -> None:
             assert h.count("email_results") == 0
 
 
-async def post_raw(url: str, path: str, header: str, parts: list[bytes]) -> int:
-    """POST ``parts`` after one extra ``header`` line on a new connection; the status."""
-    host, port = url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n\r\n"
-        try:
-            await stream.send_all(head.encode())
-            for part in parts:
-                await stream.send_all(part)
-        except trio.BrokenResourceError:
-            pass  # the server answered and closed before taking it all
-        reply = b""
-        while b"\r\n" not in reply:
-            data = await stream.receive_some()
-            if not data:
-                break
-            reply += data
-    return int(reply.split()[1])
-
-
 async def test_processed_sns_ids_are_forgotten_after_a_week(tmp_path: Path) -> None:
     event = parse_ses_event(json.dumps(ses_record("event", "Delivery", NOBODY)))
     start = datetime(2024, 5, 1, tzinfo=UTC)
@@ -432,3 +412,56 @@ async def test_processed_sns_ids_are_forgotten_after_a_week(tmp_path: Path) -> N
                 lambda conn: conn.execute("SELECT message_id FROM sns_messages").fetchall()
             )
             assert remembered == [("sns-2",)]
+
+
+def complaint_from(sent: Sent, recipients: list[str]) -> dict[str, Any]:
+    """An SES complaint about ``sent`` naming every one of ``recipients``."""
+    record = ses_record("identity", "Complaint", sent)
+    record["mail"]["destination"] = recipients
+    record["complaint"]["complainedRecipients"] = [{"emailAddress": r} for r in recipients]
+    return record
+
+
+@pytest.mark.parametrize("count", [MAX_RECIPIENTS + 1, 2_000, 10_000])
+async def test_a_record_over_the_recipient_cap_is_refused_while_health_answers(
+    tmp_path: Path, count: int
+) -> None:
+    with trio.fail_after(60):
+        async with feedback_service(tmp_path) as h:
+            sent = (await h.send("news", ["ann@example.com"]))["ann@example.com"]
+            recipients = [f"r{i}@example.com" for i in range(count)]
+            msg = h.signer.notification(TOPIC, complaint_from(sent, recipients))
+            answers: list[Any] = []
+            health: list[int] = []
+
+            async def post() -> None:
+                answers.append(await h.post(msg))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(post)
+                while not answers:
+                    with trio.fail_after(2):  # the event loop is never held for long
+                        health.append((await h.client.get("/health")).status_code)
+            response = answers[0]
+            assert response.status_code == 400
+            assert response.json() == {
+                "error": f"SES record names {count} recipients;"
+                f" at most {MAX_RECIPIENTS} are accepted"
+            }
+            assert set(health) == {200}
+            assert h.count("email_results") == 0
+            assert h.count("suppressions") == 0
+            assert h.count("sns_messages") == 0  # SNS may deliver it again: refused again
+
+
+async def test_a_record_at_the_recipient_cap_is_stored_in_linear_time(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with feedback_service(tmp_path) as h:
+            sent = (await h.send("news", ["ann@example.com"]))["ann@example.com"]
+            recipients = [f"r{i}@example.com" for i in range(MAX_RECIPIENTS)]
+            msg = h.signer.notification(TOPIC, complaint_from(sent, recipients))
+            with trio.fail_after(5):
+                response = await h.post(msg)
+            assert response.status_code == 200, response.text
+            assert response.json()["suppressed"] == MAX_RECIPIENTS
+            assert (await h.client.get("/health")).status_code == 200

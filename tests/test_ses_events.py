@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 from snskit import SnsSigner, encode
 
-from mailpipe.feedback.ses_events import FeedbackError, SesEvent, parse_ses_event
+from mailpipe.feedback.ses_events import (
+    MAX_RECIPIENTS,
+    FeedbackError,
+    SesEvent,
+    TooManyRecipients,
+    parse_ses_event,
+)
 from mailpipe.feedback.sns import CertStore, SnsVerifier, parse_sns
 
 SES_ID = "0100018f2b3c4d5e-6f7a8b9c-0d1e-4f2a-8b3c-4d5e6f7a8b9c-000000"
@@ -322,3 +328,21 @@ def test_through_a_verified_sns_envelope(tmp_path: Path) -> None:
     event = parse_ses_event(msg["Message"])
     assert (event.event_type, event.complaint, event.request_id_hint) == ("Complaint", True, 77)
     assert json.loads(event.raw) == record
+
+
+@pytest.mark.parametrize(("payload", "listed"), [
+    ("bounce", "bouncedRecipients"), ("complaint", "complainedRecipients"),
+    ("delivery", "recipients"), ("deliveryDelay", "delayedRecipients"), ("open", None),
+])
+def test_recipients_are_capped_in_every_list(payload: str, listed: str | None) -> None:
+    kind = {"bounce": "Bounce", "complaint": "Complaint", "delivery": "Delivery",
+            "deliveryDelay": "DeliveryDelay", "open": "Open"}[payload]
+
+    def record(n: int) -> str:
+        people = [f"r{i}@example.com" for i in range(n)]
+        body: dict[str, Any] = {listed: [{"emailAddress": p} for p in people]} if listed else {}
+        return json.dumps({"eventType": kind, "mail": {"destination": people}, payload: body})
+
+    assert len(parse_ses_event(record(MAX_RECIPIENTS)).recipients) == MAX_RECIPIENTS
+    with pytest.raises(TooManyRecipients, match=f"at most {MAX_RECIPIENTS}"):
+        parse_ses_event(record(MAX_RECIPIENTS + 1))

@@ -1,6 +1,12 @@
 """SES feedback delivered over SNS: verify the SNS envelope, then read the SES record."""
 
-from mailpipe.feedback.ses_events import FeedbackError, SesEvent, parse_ses_event
+from mailpipe.feedback.ses_events import (
+    MAX_RECIPIENTS,
+    FeedbackError,
+    SesEvent,
+    TooManyRecipients,
+    parse_ses_event,
+)
 from mailpipe.feedback.sns import (
     CertNotFound,
     CertStore,
@@ -16,6 +22,7 @@ from mailpipe.feedback.sns import (
 )
 
 __all__ = [
+    "MAX_RECIPIENTS",
     "CertNotFound",
     "CertStore",
     "CertUnavailable",
@@ -24,6 +31,7 @@ __all__ = [
     "SnsMessage",
     "SnsRejected",
     "SnsVerifier",
+    "TooManyRecipients",
     "check_cert_url",
     "check_sns_url",
     "http_fetch",

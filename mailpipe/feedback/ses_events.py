@@ -51,10 +51,20 @@ _RECIPIENT_LIST: Final = {
     DELIVERY_DELAY: "delayedRecipients",
 }
 _REQUEST_ID: Final = re.compile(r"[0-9]{1,18}")
+MAX_RECIPIENTS: Final = 50
+"""Recipients one SES record may name (SES names at most 50, one per destination)."""
 
 
 class FeedbackError(MailpipeError):
     """A text that is not an SES feedback record at all."""
+
+
+class TooManyRecipients(MailpipeError):
+    """An SES record naming more than :data:`MAX_RECIPIENTS` recipients: refused, not stored."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"SES record names {count} recipients; at most {MAX_RECIPIENTS}")
+        self.count = count
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +94,8 @@ def parse_ses_event(text: str) -> SesEvent:
     """Read an SES feedback record (either mechanism); ``FeedbackError`` if it is none.
 
     A record is a JSON object with a string ``eventType`` or ``notificationType``.
+    ``TooManyRecipients`` if it names more than :data:`MAX_RECIPIENTS`. Linear in
+    the length of ``text``.
     """
     try:
         data = json.loads(text)
@@ -124,11 +136,20 @@ def _payload_guess(data: dict[str, Any]) -> dict[str, Any]:
 def _recipients(event_type: str, payload: dict[str, Any], mail: dict[str, Any]) -> tuple[str, ...]:
     listed = payload.get(_RECIPIENT_LIST.get(event_type, ""))
     if isinstance(listed, list):
+        _check_count(listed)
         found = _strings(r.get("emailAddress") if isinstance(r, dict) else r for r in listed)
         if found:
             return found
     destination = mail.get("destination")
-    return _strings(destination) if isinstance(destination, list) else ()
+    if not isinstance(destination, list):
+        return ()
+    _check_count(destination)
+    return _strings(destination)
+
+
+def _check_count(recipients: list[Any]) -> None:
+    if len(recipients) > MAX_RECIPIENTS:
+        raise TooManyRecipients(len(recipients))
 
 
 def _request_id(mail: dict[str, Any]) -> int | None:

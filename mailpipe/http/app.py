@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from mailpipe.errors import StoreError
+from mailpipe.http.drain import DrainUnreadBody
 
 if TYPE_CHECKING:
     from mailpipe.service import Service
@@ -51,14 +52,6 @@ def require_key(handler: F) -> F:
     return cast(F, wrapper)
 
 
-def _closing_if_unread(response: Response) -> Response:
-    """A body refused as too large was not read: the connection cannot carry
-    another request (hypercorn would wait on the unread bytes), so close it."""
-    if response.status_code in (408, 413):
-        response.headers["Connection"] = "close"
-    return response
-
-
 def create_app(svc: Service) -> QuartTrio:
     """The app serving ``svc``'s API."""
     from mailpipe.http import api, docs, events, feedback, probes, suppressions
@@ -76,12 +69,14 @@ def create_app(svc: Service) -> QuartTrio:
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(docs.bp)
+    # Every early answer (401, 404, 405, 413, ...) drains or closes its connection.
+    app.asgi_app = cast(Any, DrainUnreadBody(app.asgi_app))  # type: ignore[method-assign]
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
         response = jsonify({"error": exc.message, **exc.extra})
         response.status_code = exc.status
-        return _closing_if_unread(response)
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -93,7 +88,7 @@ def create_app(svc: Service) -> QuartTrio:
         }.get(code, exc.description or exc.name)
         response = jsonify({"error": message})
         response.status_code = code
-        return _closing_if_unread(response)
+        return response
 
     @app.errorhandler(StoreError)
     async def store_error(exc: StoreError) -> Response:

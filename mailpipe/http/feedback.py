@@ -3,7 +3,9 @@
 No API key: a message is acted on only after ``SnsVerifier`` proved that SNS
 signed it, recently, for a topic in ``SNS_TOPIC_ARNS``. A refusal answers 403,
 is logged with its reason and stores nothing; an unavailable certificate or a
-failing store answers 503, so SNS retries. A ``SubscriptionConfirmation`` is
+failing store answers 503, so SNS retries; an SES record naming more than
+``MAX_RECIPIENTS`` (50) recipients answers 400 (SNS does not retry a 4xx) and
+stores nothing. A ``SubscriptionConfirmation`` is
 confirmed by one GET of its ``SubscribeURL`` when that is an SNS endpoint; an
 ``UnsubscribeConfirmation`` is only logged (its URL would re-subscribe).
 """
@@ -22,12 +24,14 @@ from quart import Blueprint, request
 from mailpipe.config import Config
 from mailpipe.errors import StoreError
 from mailpipe.feedback import (
+    MAX_RECIPIENTS,
     CertStore,
     CertUnavailable,
     FeedbackError,
     SnsMessage,
     SnsRejected,
     SnsVerifier,
+    TooManyRecipients,
     check_sns_url,
     parse_ses_event,
     parse_sns,
@@ -129,7 +133,18 @@ async def _verified(svc: Service, body: bytes, remote: str | None) -> SnsMessage
 async def _notification(svc: Service, msg: SnsMessage) -> dict[str, Any]:
     text = msg["Message"]
     try:
-        event = parse_ses_event(text)
+        if len(text) <= INLINE_BODY_BYTES:
+            event = parse_ses_event(text)
+        else:  # reading a large record: off the event loop
+            event = await trio.to_thread.run_sync(parse_ses_event, text)
+    except TooManyRecipients as exc:
+        # 400, not 5xx: SNS does not retry it, and it is never stored in part.
+        log.warning(
+            "SNS notification %s on %s refused: %s", msg["MessageId"], msg["TopicArn"], exc
+        )
+        raise ApiError(
+            400, f"SES record names {exc.count} recipients; at most {MAX_RECIPIENTS} are accepted"
+        ) from None
     except FeedbackError as exc:
         # Acknowledged (200): SNS would otherwise retry something we can never read.
         if text.startswith(SES_TOPIC_CHECK):
