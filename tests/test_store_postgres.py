@@ -68,7 +68,7 @@ async def test_two_instances_claim_disjoint_rows(pg_url: str) -> None:
     now = utcnow()
     claims: dict[str, list[int]] = {}
     async with two_instances(pg_url) as (a, b):
-        emails = [f"{i}@x.com" for i in range(40)]
+        emails = [f"{i}@x.com" for i in range(300)]
         await a.insert_messages([NewMessage("t", "s", "c", emails)], now)
 
         async def drain(store: Store) -> None:
