@@ -200,7 +200,12 @@ class PgCluster:
 
     async def events_since(self, cursor: int | None) -> tuple[list[ClusterEvent], int]:
         """Events newer than ``cursor`` (None: none, only the current cursor), oldest
-        first, each once; and the cursor to pass next time."""
+        first, each once; and the cursor to pass next time.
+
+        One reader per instance: the ids returned in the last
+        :data:`EVENT_RECHECK_S` are remembered here, so that an event whose id
+        is below the cursor but which committed late is returned, and only once.
+        """
         if cursor is None:
             return [], await self._pool.run(self._start_reading)
         events = await self._pool.run(lambda conn: self._read_events(conn, cursor))

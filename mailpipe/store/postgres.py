@@ -7,7 +7,13 @@ makes the instances one mailpipe: a claimed row is held by the instance that
 claimed it (``owner``), only its holder writes its outcome, and it is taken
 back only when the holder's lease lapsed. Every call runs in a worker thread on
 a pooled connection (:mod:`mailpipe.store.pg_pool`); driver errors surface as
-:class:`~mailpipe.errors.StoreError`. Ingest copies recipients with ``COPY``.
+:class:`~mailpipe.errors.StoreError`. Ingest copies recipients with ``COPY``
+(:mod:`mailpipe.store.pg_ingest`).
+
+Feedback, opens and clicks commit one transaction each (no group commit as on
+SQLite: the pool lets several commit at once). :meth:`PostgresStore.run_upkeep`
+keeps this instance's lease: it renews the heartbeat every second and takes
+back the rows of lapsed instances.
 """
 
 from __future__ import annotations
@@ -86,10 +92,10 @@ _RECORD_OUTCOMES: Final = (
 class PostgresStore:
     """The :class:`~mailpipe.store.base.Store` on a PostgreSQL database shared by instances."""
 
-    def __init__(self, pool: PgPool, *, lease_s: float) -> None:
+    def __init__(self, pool: PgPool, cluster: PgCluster, *, lease_s: float) -> None:
         self._pool = pool
         self._lease_s = lease_s
-        self._cluster = PgCluster(pool)
+        self._cluster = cluster
         self.cluster: Cluster | None = self._cluster
 
     @property
@@ -396,11 +402,11 @@ async def open_postgres(url: str, *, lease_s: float) -> AsyncIterator[PostgresSt
         old, new = await pool.run(migrate)
         if old != new:
             log.info("database migrated from schema %d to %d", old, new)
-        store = PostgresStore(pool, lease_s=lease_s)
-        await store._cluster.heartbeat()
+        cluster = PgCluster(pool)
+        await cluster.heartbeat()  # registered before its first claim
         try:
-            yield store
+            yield PostgresStore(pool, cluster, lease_s=lease_s)
         finally:
-            await store._cluster.aclose()
+            await cluster.aclose()
     finally:
         await pool.close()
