@@ -321,3 +321,27 @@ async def test_two_services_on_one_database_send_each_recipient_once(
     assert stats["request"]["sent"] == 40
     files = [f for name in ("a", "b") for f in (tmp_path / name / "data" / "outbox").glob("*.eml")]
     assert len(files) == 40
+
+
+async def test_upkeep_renews_the_lease_and_takes_back_lapsed_rows(pg_url: str) -> None:
+    now = utcnow()
+    async with two_instances(pg_url) as (a, b):
+        await a.insert_messages([NewMessage("t", "s", "c", ["1@x.com", "2@x.com"])], now)
+        await b.claim_due(now, 2)
+        lapse(pg_url, b)
+        pgkit.execute(pg_url, "UPDATE instances SET heartbeat_at = now() - interval '5 s'"
+                      " WHERE id = %s", (cluster_of(a).instance_id,))
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(a.run_upkeep)
+                while held(pg_url):
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        (age,) = pgkit.execute(pg_url, "SELECT extract(epoch FROM now() - heartbeat_at)"
+                               " FROM instances WHERE id = %s", (cluster_of(a).instance_id,))[0]
+        assert age < 4  # renewed
+        with pytest.raises(LeaseLost):
+            await cluster_of(b).heartbeat()
+        # The instance whose lease was taken over stops its upkeep with LeaseLost.
+        with trio.fail_after(10), pytest.raises(LeaseLost):
+            await b.run_upkeep()
