@@ -345,3 +345,31 @@ async def test_upkeep_renews_the_lease_and_takes_back_lapsed_rows(pg_url: str) -
         # The instance whose lease was taken over stops its upkeep with LeaseLost.
         with trio.fail_after(10), pytest.raises(LeaseLost):
             await b.run_upkeep()
+
+
+async def test_a_failing_migration_leaves_the_previous_version(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_store(pg_url, lease_s=LEASE_S):
+        pass  # migrated to the latest version
+    latest = max(MIGRATIONS)
+    broken = {**MIGRATIONS, latest + 1: "CREATE TABLE ok_table (x int); THIS IS NOT SQL;"}
+    monkeypatch.setattr("mailpipe.store.pg_schema.MIGRATIONS", broken)
+    with pytest.raises(StoreError, match="syntax"):
+        async with open_store(pg_url, lease_s=LEASE_S):
+            pytest.fail("opened")
+    assert pgkit.execute(pg_url, "SELECT max(version) FROM schema_version") == [(latest,)]
+    assert pgkit.execute(pg_url, "SELECT to_regclass('ok_table')") == [(None,)]
+
+
+async def test_a_newer_database_is_refused(pg_url: str) -> None:
+    async with open_store(pg_url, lease_s=LEASE_S):
+        pass
+    pgkit.execute(pg_url, "INSERT INTO schema_version (version) VALUES (%s)",
+                  (max(MIGRATIONS) + 1,))
+    try:
+        with pytest.raises(RuntimeError, match="newer"):
+            async with open_store(pg_url, lease_s=LEASE_S):
+                pytest.fail("opened")
+    finally:
+        pgkit.execute(pg_url, "DELETE FROM schema_version WHERE version > %s", (max(MIGRATIONS),))
