@@ -298,3 +298,18 @@ async def test_a_second_open_of_a_sqlite_file_is_refused_and_changes_nothing(
                 pytest.fail("opened twice")
         assert (path.read_bytes(), (tmp_path / "app.db.lock").read_text()) == before
         assert [c.to for c in await store.claim_due(now, 10)] == ["a@x.com"]
+
+
+async def test_addresses_and_data_are_stored_exactly_as_given(where: str | Path) -> None:
+    now = utcnow()
+    odd = ["back\\slash@x.com", "tab\there@x.com", "cr\r\nlf@x.com", "\\N"]
+    data = [None, '{"k": "\\t\\\\"}', "\t", "\\N"]
+    async with open_store(where) as store:
+        await store.insert_messages([NewMessage("t", "s", "c", odd),
+                                     NewMessage("d", "s", "c", odd, data=data)], now)
+        claimed = await store.claim_due(now, 10)
+        assert [c.to for c in claimed] == odd + odd
+        assert [c.data for c in claimed] == [None] * 4 + data
+        with pytest.raises(StoreError):
+            await store.insert_messages([NewMessage("t", "s", "c", [None])], now)  # type: ignore[list-item]
+        assert topic_stats_json(await store.topic_stats("t"))["request"]["total"] == 4

@@ -68,7 +68,7 @@ async def test_two_instances_claim_disjoint_rows(pg_url: str) -> None:
     now = utcnow()
     claims: dict[str, list[int]] = {}
     async with two_instances(pg_url) as (a, b):
-        emails = [f"{i}@x.com" for i in range(40)]
+        emails = [f"{i}@x.com" for i in range(300)]
         await a.insert_messages([NewMessage("t", "s", "c", emails)], now)
 
         async def drain(store: Store) -> None:
@@ -321,3 +321,55 @@ async def test_two_services_on_one_database_send_each_recipient_once(
     assert stats["request"]["sent"] == 40
     files = [f for name in ("a", "b") for f in (tmp_path / name / "data" / "outbox").glob("*.eml")]
     assert len(files) == 40
+
+
+async def test_upkeep_renews_the_lease_and_takes_back_lapsed_rows(pg_url: str) -> None:
+    now = utcnow()
+    async with two_instances(pg_url) as (a, b):
+        await a.insert_messages([NewMessage("t", "s", "c", ["1@x.com", "2@x.com"])], now)
+        await b.claim_due(now, 2)
+        lapse(pg_url, b)
+        pgkit.execute(pg_url, "UPDATE instances SET heartbeat_at = now() - interval '5 s'"
+                      " WHERE id = %s", (cluster_of(a).instance_id,))
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(a.run_upkeep)
+                while held(pg_url):
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        (age,) = pgkit.execute(pg_url, "SELECT extract(epoch FROM now() - heartbeat_at)"
+                               " FROM instances WHERE id = %s", (cluster_of(a).instance_id,))[0]
+        assert age < 4  # renewed
+        with pytest.raises(LeaseLost):
+            await cluster_of(b).heartbeat()
+        # The instance whose lease was taken over stops its upkeep with LeaseLost.
+        with trio.fail_after(10), pytest.raises(LeaseLost):
+            await b.run_upkeep()
+
+
+async def test_a_failing_migration_leaves_the_previous_version(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_store(pg_url, lease_s=LEASE_S):
+        pass  # migrated to the latest version
+    latest = max(MIGRATIONS)
+    broken = {**MIGRATIONS, latest + 1: "CREATE TABLE ok_table (x int); THIS IS NOT SQL;"}
+    monkeypatch.setattr("mailpipe.store.pg_schema.MIGRATIONS", broken)
+    with pytest.raises(StoreError, match="syntax"):
+        async with open_store(pg_url, lease_s=LEASE_S):
+            pytest.fail("opened")
+    assert pgkit.execute(pg_url, "SELECT max(version) FROM schema_version") == [(latest,)]
+    assert pgkit.execute(pg_url, "SELECT to_regclass('ok_table')") == [(None,)]
+
+
+async def test_a_newer_database_is_refused(pg_url: str) -> None:
+    async with open_store(pg_url, lease_s=LEASE_S):
+        pass
+    pgkit.execute(pg_url, "INSERT INTO schema_version (version) VALUES (%s)",
+                  (max(MIGRATIONS) + 1,))
+    try:
+        with pytest.raises(RuntimeError, match="newer"):
+            async with open_store(pg_url, lease_s=LEASE_S):
+                pytest.fail("opened")
+    finally:
+        pgkit.execute(pg_url, "DELETE FROM schema_version WHERE version > %s", (max(MIGRATIONS),))

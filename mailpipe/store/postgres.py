@@ -7,13 +7,19 @@ makes the instances one mailpipe: a claimed row is held by the instance that
 claimed it (``owner``), only its holder writes its outcome, and it is taken
 back only when the holder's lease lapsed. Every call runs in a worker thread on
 a pooled connection (:mod:`mailpipe.store.pg_pool`); driver errors surface as
-:class:`~mailpipe.errors.StoreError`. Ingest copies recipients with ``COPY``.
+:class:`~mailpipe.errors.StoreError`. Ingest copies recipients with ``COPY``
+(:mod:`mailpipe.store.pg_ingest`).
+
+Feedback, opens and clicks commit one transaction each (no group commit as on
+SQLite: the pool lets several commit at once). :meth:`PostgresStore.run_upkeep`
+keeps this instance's lease: it renews the heartbeat every second and takes
+back the rows of lapsed instances.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -37,18 +43,16 @@ from mailpipe.store import pg_feedback as _sql
 from mailpipe.store.base import Cluster, TopicStats
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
 from mailpipe.store.pg_cluster import PgCluster, publish_in, settle, stop_rows
+from mailpipe.store.pg_ingest import insert_all
 from mailpipe.store.pg_pool import Conn, PgPool
 from mailpipe.store.pg_schema import migrate
-from mailpipe.timeutil import to_db, utcnow
+from mailpipe.timeutil import utcnow
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK_ROWS: Final = 20_000
-"""Recipients per ``copy.write``: a few MB of text per write, few enough calls
-that Python's per-call cost vanishes, and no whole-request copy in memory."""
 EVENTS_KEEP: Final = timedelta(hours=1)
 """How long cluster events are kept: every live instance reads them within seconds."""
 STOPS_KEEP: Final = timedelta(days=7)
@@ -58,11 +62,6 @@ HEARTBEAT_S: Final = 1.0
 PRUNE_EVERY_S: Final = 5.0
 """Seconds between prunes of old events, SNS MessageIds and stops."""
 
-_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_COPY_REQUESTS: Final = (
-    'COPY email_requests (topic_id, "to", content_id, scheduled_at, status,'
-    " created_at, updated_at, data) FROM STDIN"
-)
 _CLAIM: Final = (
     "WITH claimed AS ("
     " UPDATE email_requests SET status = 1, owner = %(me)s, updated_at = %(now)s"
@@ -90,69 +89,13 @@ _RECORD_OUTCOMES: Final = (
 )
 
 
-def copy_field(value: str | None) -> str:
-    """``value`` as a field of ``COPY`` text (``\\N`` for NULL)."""
-    return "\\N" if value is None else value.translate(_COPY_ESCAPES)
-
-
-def request_copy_text(
-    msg: NewMessage, content_id: int, when: datetime, now: datetime
-) -> Iterator[str]:
-    """``msg``'s request rows as ``COPY`` text, in chunks of :data:`COPY_CHUNK_ROWS` rows."""
-    head = copy_field(msg.topic_id) + "\t"
-    tail = f"\t{content_id}\t{to_db(when)}\t0\t{to_db(now)}\t{to_db(now)}\t"
-    emails = msg.emails
-    for start in range(0, len(emails), COPY_CHUNK_ROWS):
-        part = emails[start : start + COPY_CHUNK_ROWS]
-        if msg.data is None:
-            yield _address_lines(part, head, tail + "\\N\n")
-        else:
-            data = msg.data[start : start + COPY_CHUNK_ROWS]
-            yield "".join([
-                head + copy_field(e) + tail + copy_field(d) + "\n"
-                for e, d in zip(part, data, strict=True)
-            ])
-
-
-def _address_lines(emails: Sequence[str], head: str, end: str) -> str:
-    """One ``COPY`` line ``head + address + end`` per address.
-
-    Escapes all addresses in one pass over their NUL-joined text (three times
-    faster than one by one); NUL cannot be in a PostgreSQL text, so it marks the
-    joins unless an address brings its own (or is None: then one by one, and
-    the server refuses the row).
-    """
-    try:
-        joined = "\x00".join(emails)
-    except TypeError:
-        joined = ""
-    if joined.count("\x00") != len(emails) - 1 or not emails:
-        return "".join([head + copy_field(e) + end for e in emails])
-    return head + joined.translate(_COPY_ESCAPES).replace("\x00", end + head) + end
-
-
-def _insert_message(conn: Conn, msg: NewMessage, when: datetime, now: datetime) -> None:
-    """Insert ``msg``'s content and (by ``COPY``) its requests."""
-    row = conn.execute(
-        "INSERT INTO email_contents (subject, content, created_at, updated_at, text,"
-        " track_opens, track_clicks) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (msg.subject, msg.content, now, now, msg.text, msg.track_opens, msg.track_clicks),
-    ).fetchone()
-    assert row is not None
-    if msg.data is not None and len(msg.data) != len(msg.emails):
-        raise ValueError("data must be aligned with emails")
-    with conn.cursor() as cur, cur.copy(_COPY_REQUESTS) as copy:
-        for chunk in request_copy_text(msg, row[0], when, now):
-            copy.write(chunk)
-
-
 class PostgresStore:
     """The :class:`~mailpipe.store.base.Store` on a PostgreSQL database shared by instances."""
 
-    def __init__(self, pool: PgPool, *, lease_s: float) -> None:
+    def __init__(self, pool: PgPool, cluster: PgCluster, *, lease_s: float) -> None:
         self._pool = pool
         self._lease_s = lease_s
-        self._cluster = PgCluster(pool)
+        self._cluster = cluster
         self.cluster: Cluster | None = self._cluster
 
     @property
@@ -173,25 +116,7 @@ class PostgresStore:
         replays.
         """
 
-        def txn(conn: Conn) -> InsertResult:
-            if key is not None:
-                earlier = _sql.claim_key(conn, key, now)
-                if earlier is not None:
-                    conn.rollback()
-                    return InsertResult(0, False, earlier, replayed=True)
-            due_now = False
-            for msg in messages:
-                when = msg.due_at(now)
-                due_now = due_now or when <= now
-                _insert_message(conn, msg, when, now)
-            count = sum(len(msg.emails) for msg in messages)
-            answer = None
-            if key is not None:
-                answer = key.answer(count)
-                _sql.remember_answer(conn, key, answer)
-            return InsertResult(count, due_now, answer)
-
-        return await self._pool.run(txn)
+        return await self._pool.run(lambda conn: insert_all(conn, messages, now, key))
 
     async def idempotent_answer(self, key: IdempotencyKey, now: datetime) -> dict[str, Any] | None:
         """The answer given earlier for ``key`` (None when unused within 24 h); raises
@@ -477,11 +402,11 @@ async def open_postgres(url: str, *, lease_s: float) -> AsyncIterator[PostgresSt
         old, new = await pool.run(migrate)
         if old != new:
             log.info("database migrated from schema %d to %d", old, new)
-        store = PostgresStore(pool, lease_s=lease_s)
-        await store._cluster.heartbeat()
+        cluster = PgCluster(pool)
+        await cluster.heartbeat()  # registered before its first claim
         try:
-            yield store
+            yield PostgresStore(pool, cluster, lease_s=lease_s)
         finally:
-            await store._cluster.aclose()
+            await cluster.aclose()
     finally:
         await pool.close()
