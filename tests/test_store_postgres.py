@@ -18,14 +18,23 @@ from conftest import api_client, make_config, running_service
 from test_service_outbox import wait_for_sent
 from test_store import bounce
 
+from mailpipe.compose import Composer
 from mailpipe.errors import LeaseLost, StoreError
 from mailpipe.http.api import topic_stats_json
-from mailpipe.model import IdempotencyKey, Recovery
+from mailpipe.model import IdempotencyKey, Outcome, Recovery
+from mailpipe.pipeline.cluster import ClusterSync
+from mailpipe.pipeline.jobs import Handed, Job
+from mailpipe.pipeline.limiter import RateLimiter
+from mailpipe.pipeline.metrics import Metrics
+from mailpipe.pipeline.pause import Announcement, PauseGate
+from mailpipe.pipeline.scheduler import Scheduler
+from mailpipe.pipeline.sender import SenderPool
 from mailpipe.status import Status
-from mailpipe.store import Cluster, NewMessage, Outcome, Store, open_store
+from mailpipe.store import Cluster, NewMessage, Store, open_store
 from mailpipe.store.pg_schema import MIGRATIONS
 from mailpipe.store.postgres import PostgresStore
 from mailpipe.timeutil import utcnow
+from mailpipe.transport.mock import MockTransport
 
 LEASE_S = 10.0
 
@@ -323,7 +332,25 @@ async def test_two_services_on_one_database_send_each_recipient_once(
     assert len(files) == 40
 
 
-async def test_upkeep_renews_the_lease_and_takes_back_lapsed_rows(pg_url: str) -> None:
+def cluster_sync(store: Store) -> ClusterSync:
+    """The cluster actor of ``store``, wired to a pipeline that sends nowhere."""
+    jobs_send, jobs_recv = trio.open_memory_channel[list[Job]](10)
+    outcomes_send, _ = trio.open_memory_channel[Outcome](100)
+    announce_send, announce_recv = trio.open_memory_channel[Announcement](10)
+    gate = PauseGate(announce_send)
+    pool = SenderPool(
+        MockTransport(), RateLimiter(10), Composer("s@x.com"), jobs_recv, outcomes_send,
+        Metrics(), max_concurrent=1, handed=Handed(), gate=gate,
+    )
+    return ClusterSync(
+        cluster_of(store), lease_s=LEASE_S, gate=gate, pool=pool,
+        scheduler=Scheduler(store, jobs_send, gate=gate), announcements=announce_recv,
+    )
+
+
+async def test_the_cluster_actor_renews_the_lease_and_takes_back_lapsed_rows(
+    pg_url: str,
+) -> None:
     now = utcnow()
     async with two_instances(pg_url) as (a, b):
         await a.insert_messages([NewMessage("t", "s", "c", ["1@x.com", "2@x.com"])], now)
@@ -333,7 +360,7 @@ async def test_upkeep_renews_the_lease_and_takes_back_lapsed_rows(pg_url: str) -
                       " WHERE id = %s", (cluster_of(a).instance_id,))
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                await nursery.start(a.run_upkeep)
+                await nursery.start(cluster_sync(a).run)
                 while held(pg_url):
                     await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
@@ -342,9 +369,9 @@ async def test_upkeep_renews_the_lease_and_takes_back_lapsed_rows(pg_url: str) -
         assert age < 4  # renewed
         with pytest.raises(LeaseLost):
             await cluster_of(b).heartbeat()
-        # The instance whose lease was taken over stops its upkeep with LeaseLost.
+        # The instance whose lease was taken over ends its actor with LeaseLost.
         with trio.fail_after(10), pytest.raises(LeaseLost):
-            await b.run_upkeep()
+            await cluster_sync(b).run()
 
 
 async def test_a_failing_migration_leaves_the_previous_version(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from mailpipe.errors import LeaseLost, StoreError
+from mailpipe.errors import StoreError
 from mailpipe.model import (
     Claimed,
     Content,
@@ -57,8 +57,6 @@ EVENTS_KEEP: Final = timedelta(hours=1)
 """How long cluster events are kept: every live instance reads them within seconds."""
 STOPS_KEEP: Final = timedelta(days=7)
 """How long a stored topic stop is kept: far beyond any claim or retry it covers."""
-HEARTBEAT_S: Final = 1.0
-"""Seconds between heartbeats (a lease is several of them)."""
 PRUNE_EVERY_S: Final = 5.0
 """Seconds between prunes of old events, SNS MessageIds and stops."""
 
@@ -337,37 +335,16 @@ class PostgresStore:
     async def run_upkeep(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Until cancelled: renew this instance's heartbeat every :data:`HEARTBEAT_S`,
-        take back lapsed instances' rows every lease, and prune old events, SNS
-        MessageIds and stops every :data:`PRUNE_EVERY_S`. A database away is
-        logged and retried; :class:`~mailpipe.errors.LeaseLost` ends it."""
+        """Until cancelled: prune old events, SNS MessageIds and stops every
+        :data:`PRUNE_EVERY_S`; a database away is logged and retried. (The lease
+        is kept by :class:`mailpipe.pipeline.cluster.ClusterSync`.)"""
         task_status.started()
-        loop = trio.current_time
-        next_prune = next_recovery = loop()
         while True:
             try:
-                await self._cluster.heartbeat()
-                if loop() >= next_recovery:
-                    next_recovery = loop() + self._lease_s
-                    await self._recover_lapsed_others()
-                if loop() >= next_prune:
-                    next_prune = loop() + PRUNE_EVERY_S
-                    await self.prune(utcnow())
-            except LeaseLost:
-                log.error("this instance's lease was taken over: its claims were recovered")
-                raise
+                await self.prune(utcnow())
             except StoreError as exc:
                 log.warning("store upkeep failed: %s", exc)
-            await trio.sleep(HEARTBEAT_S)
-
-    async def _recover_lapsed_others(self) -> None:
-        recovered = await self._cluster.recover_lapsed(self._lease_s, utcnow())
-        if recovered.stopped or recovered.requeued:
-            log.warning(
-                "took back the rows of lapsed instances: %d re-queued, %d stopped",
-                recovered.requeued,
-                recovered.stopped,
-            )
+            await trio.sleep(PRUNE_EVERY_S)
 
     async def prune(self, now: datetime) -> None:
         """Forget events older than an hour, SNS MessageIds older than a week, and
