@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -168,6 +169,10 @@ def _assemble(
         RateLimiter(rate) if store.cluster is None else SharedRateLimiter(store.cluster, rate)
     )
     metrics.rate.set(rate)
+    metrics.identify(
+        store.cluster.instance_id if store.cluster is not None else socket.gethostname(),
+        "sqlite" if store.cluster is None else "postgresql",
+    )
     announce_send, announce_recv = trio.open_memory_channel[Announcement](64)
     gate = PauseGate(announce_send if store.cluster is not None else None)
     handed = Handed()

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ class Metrics:
             "mailpipe_effective_rate", "Current permitted sends per second", registry=r
         )
         self.paused = Gauge("mailpipe_sending_paused", "1 while sending is paused", registry=r)
+
+    def identify(self, instance: str, store: str) -> None:
+        """Name this process in ``mailpipe_instance_info`` (one series per instance)."""
+        Info("mailpipe_instance", "The instance these figures are of", registry=self.registry
+             ).info({"instance": instance, "store": store})
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
