@@ -32,20 +32,39 @@ MIN_API_KEY_CHARS: Final = 16
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def default_host(port: int) -> str:
+    """``SERVER_HOST`` when unset: this machine at ``port``."""
+    return f"http://localhost:{port}"
+
+
+def default_max_concurrent(rate: float) -> int:
+    """``MAX_CONCURRENT`` when unset: twice the rate (calls of about a second)."""
+    return max(1, math.ceil(2 * rate))
+
+
+_PORT = 3000
+_RATE = 14.0
+_DB_PATH = Path("data/app.db")
+
+
 @dataclass(frozen=True)
 class Config:
-    """Validated settings; durations in seconds, sizes in bytes."""
+    """Validated settings; durations in seconds, sizes in bytes.
 
-    server_port: int = 3000
+    The defaults here are the only ones: :func:`load_config` falls back to
+    them (and derives the dependent ones with the same functions).
+    """
+
+    server_port: int = _PORT
     server_bind: str = "0.0.0.0"
-    server_host: str = "http://localhost:3000"
+    server_host: str = default_host(_PORT)
     api_key: str | None = None
-    db_path: Path = Path("data/app.db")
+    db_path: Path = _DB_PATH
     database_url: str | None = None
     """``postgresql://…``: share one PostgreSQL database with other instances."""
     lease_s: float = 10.0
-    email_rate: float = 14.0
-    max_concurrent: int = 28
+    email_rate: float = _RATE
+    max_concurrent: int = default_max_concurrent(_RATE)
     email_sender: str | None = None
     aws_region: str = "us-east-1"
     ses_config_set: str | None = None
@@ -53,14 +72,14 @@ class Config:
     env: str = "development"
     email_transport: str = "outbox"
     transport_reason: str = "default"
-    outbox_dir: Path = Path("data/outbox")
+    outbox_dir: Path = _DB_PATH.parent / "outbox"
     graceful_timeout: float = 30.0
     max_recipients_per_request: int = 100_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_attempts: int = 5
     pause_probe_s: float = 60.0
     sns_topic_arns: frozenset[str] = frozenset()
-    sns_cert_cache_dir: Path = Path("data/sns-certs")
+    sns_cert_cache_dir: Path = _DB_PATH.parent / "sns-certs"
     tracking_secret: str | None = None
     log_level: str = "INFO"
 
@@ -122,45 +141,47 @@ def _from_env(env: Mapping[str, str]) -> Config:
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
 
-    port = parse("SERVER_PORT", _int_range(0, 65535), 3000)
-    rate = parse("EMAIL_RATE", _positive_float, 14.0)
-    db_path = Path(get("DB_PATH") or "./data/app.db")
+    d = Config()
+    port = parse("SERVER_PORT", _int_range(0, 65535), d.server_port)
+    rate = parse("EMAIL_RATE", _positive_float, d.email_rate)
+    db_path = Path(get("DB_PATH") or d.db_path)
     data_dir = db_path.parent
-    sender = parse("EMAIL_SENDER", _email, None)
+    sender = parse("EMAIL_SENDER", _email, d.email_sender)
     transport, reason = _choose_transport(get("EMAIL_TRANSPORT"), sender, env)
     return Config(
         server_port=port,
-        server_bind=get("SERVER_BIND") or "0.0.0.0",
-        server_host=parse("SERVER_HOST", _base_url, f"http://localhost:{port}"),
+        server_bind=get("SERVER_BIND") or d.server_bind,
+        server_host=parse("SERVER_HOST", _base_url, default_host(port)),
         api_key=_api_key(get("API_KEY")),
         db_path=db_path,
-        database_url=parse("DATABASE_URL", _postgres_url, None),
-        lease_s=parse("LEASE_S", _float_range(2.0, 3600.0), 10.0),
+        database_url=parse("DATABASE_URL", _postgres_url, d.database_url),
+        lease_s=parse("LEASE_S", _float_range(2.0, 3600.0), d.lease_s),
         email_rate=rate,
-        max_concurrent=parse("MAX_CONCURRENT", _int_range(1, 10_000), max(1, math.ceil(2 * rate))),
+        max_concurrent=parse(
+            "MAX_CONCURRENT", _int_range(1, 10_000), default_max_concurrent(rate)
+        ),
         email_sender=sender,
-        aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
+        aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or d.aws_region,
         ses_config_set=get("SES_CONFIG_SET"),
         sentry_dsn=get("SENTRY_DSN"),
-        env=get("ENV") or "development",
+        env=get("ENV") or d.env,
         email_transport=transport,
         transport_reason=reason,
         outbox_dir=Path(get("OUTBOX_DIR") or data_dir / "outbox"),
-        graceful_timeout=parse("GRACEFUL_TIMEOUT", _positive_float, 30.0),
+        graceful_timeout=parse("GRACEFUL_TIMEOUT", _positive_float, d.graceful_timeout),
         max_recipients_per_request=parse(
-            "MAX_RECIPIENTS_PER_REQUEST", _int_range(1, 10_000_000), 100_000
+            "MAX_RECIPIENTS_PER_REQUEST", _int_range(1, 10_000_000), d.max_recipients_per_request
         ),
-        max_body_bytes=parse("MAX_BODY_BYTES", _int_range(1024, 1 << 31), 32 * 1024 * 1024),
-        max_attempts=parse("MAX_ATTEMPTS", _int_range(1, 100), 5),
-        pause_probe_s=parse("PAUSE_PROBE_S", _positive_float, 60.0),
+        max_body_bytes=parse("MAX_BODY_BYTES", _int_range(1024, 1 << 31), d.max_body_bytes),
+        max_attempts=parse("MAX_ATTEMPTS", _int_range(1, 100), d.max_attempts),
+        pause_probe_s=parse("PAUSE_PROBE_S", _positive_float, d.pause_probe_s),
         sns_topic_arns=frozenset(
             arn.strip() for arn in (get("SNS_TOPIC_ARNS") or "").split(",") if arn.strip()
         ),
         sns_cert_cache_dir=Path(get("SNS_CERT_CACHE_DIR") or data_dir / "sns-certs"),
         tracking_secret=get("TRACKING_SECRET"),
-        log_level=parse("LOG_LEVEL", _choice(LOG_LEVELS), "INFO"),
+        log_level=parse("LOG_LEVEL", _choice(LOG_LEVELS), d.log_level),
     )
-
 
 def _choose_transport(
     explicit: str | None, sender: str | None, env: Mapping[str, str]
