@@ -231,7 +231,12 @@ def test_postgres_restart_mid_send_loses_nothing_and_answers_503(
         assert svc.post("restart", emails).status_code == 200
         wait_until(lambda: ses.stats()["recipients"] >= 400, timeout=60, interval=0.1)
         prober.start()
-        subprocess.run(["pg_ctlcluster", "15", "main", "restart"], check=True, timeout=60)
+        # The restart, held open until the API has answered while the server was away.
+        subprocess.run(["pg_ctlcluster", "15", "main", "stop"], check=True, timeout=60)
+        try:
+            wait_until(lambda: answers[503] >= 3, timeout=30, interval=0.1)
+        finally:
+            subprocess.run(["pg_ctlcluster", "15", "main", "start"], check=True, timeout=60)
         wait_until(lambda: ses.stats()["recipients"] >= 2000, timeout=90, interval=0.5)
         wait_until(lambda: status_counts(pg_url) == {2: 2000}, timeout=30, interval=0.5)
         received = ses.received()
