@@ -61,6 +61,8 @@ RENDER_TIME_S: Final = 5.0
 """Wall-clock seconds one render may take at send time (validation shares one
 :class:`Deadline` across a request's recipients instead)."""
 MAX_EXPONENT: Final = 1_000
+MAX_INT_BITS: Final = 14_300
+"""Bits of an integer a template computes: Python prints at most 4,300 digits."""
 LOOP_FILTER: Final = "_bounded_loop"
 
 _FORMAT_FIELD = re.compile(r"\{[^{}]*\}")
@@ -398,10 +400,10 @@ class BoundedEnvironment(SandboxedEnvironment):
         budget = _budget()
         budget.operation()
         if operator == "**":
-            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-                raise LimitExceeded("template exceeds the exponent limit (too large)")
+            _check_power(left, right)
         elif operator == "*":
             _check_repeat(left, right)
+            _check_bits(left, right, lambda a, b: a + b)
         elif operator == "+":
             if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
                 _check_size(len(left) + len(right))
@@ -449,6 +451,21 @@ class BoundedEnvironment(SandboxedEnvironment):
         if isinstance(value, _CONTAINERS):
             weigh(value)
         return value
+
+
+def _check_power(left: Any, right: Any) -> None:
+    if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+        raise LimitExceeded(f"template exponent too large (over {MAX_EXPONENT})")
+    if isinstance(right, int) and right > 0:
+        _check_bits(left, right, lambda a, _: a * right)
+
+
+def _check_bits(left: Any, right: Any, bits: Callable[[int, int], int]) -> None:
+    """Refuse an integer result of more than ``MAX_INT_BITS`` (``bits`` estimates it)."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return
+    if bits(abs(left).bit_length(), abs(right).bit_length()) > MAX_INT_BITS:
+        raise LimitExceeded(f"template number too large (over {MAX_INT_BITS} bits)")
 
 
 def _check_repeat(left: Any, right: Any) -> None:
