@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.runtime import Context, LoopContext, markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment
 
 __all__ = [
+    "MAX_BUILT_CHARS",
     "MAX_LOOP_ITERATIONS",
     "MAX_OPERATIONS",
     "MAX_RANGE",
@@ -40,6 +41,7 @@ __all__ = [
     "Deadline",
     "LimitExceeded",
     "bound_loops",
+    "undeclared_variables",
 ]
 
 MAX_STRING: Final = 4_000_000
@@ -68,6 +70,7 @@ LOOP_FILTER: Final = "_bounded_loop"
 _FORMAT_FIELD = re.compile(r"\{[^{}]*\}")
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _DIGITS = re.compile(r"\d+")
+_NESTED_FIELD = re.compile(r"\{[^{}]*\{")
 _REFUSED_METHODS: Final = frozenset({"translate", "maketrans"})
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 
@@ -254,16 +257,20 @@ def _joined_size(sep: str, items: Any) -> int:
 
 
 def _format_width(fmt: str) -> int:
-    """The sum of the widths and precisions in a ``str.format`` string."""
-    total = 0
-    for field in _FORMAT_FIELD.findall(fmt):
-        spec = field.partition(":")[2]
-        total += sum(int(d) for d in _DIGITS.findall(spec) if len(d) < 12) + (
-            MAX_STRING + 1 if any(len(d) >= 12 for d in _DIGITS.findall(spec)) else 0
-        )
-    if fmt.count("{") > 2 * len(_FORMAT_FIELD.findall(fmt)) + fmt.count("{{"):
+    """The sum of the widths and precisions in a ``str.format`` string.
+
+    A width taken from an argument (``{:{}}``) is refused: it is not known here.
+    """
+    plain = fmt.replace("{{", "").replace("}}", "")
+    if _NESTED_FIELD.search(plain):
         raise LimitExceeded("template uses nested format fields, which are not supported")
-    return total
+    specs = (field.partition(":")[2] for field in _FORMAT_FIELD.findall(plain))
+    return sum(_number(d) for spec in specs for d in _DIGITS.findall(spec))
+
+
+def _number(digits: str) -> int:
+    """``int(digits)``, or just over ``MAX_STRING`` for an absurdly long one."""
+    return int(digits) if len(digits) < 12 else MAX_STRING + 1
 
 
 def _percent_width(fmt: str) -> int:
@@ -274,7 +281,7 @@ def _percent_width(fmt: str) -> int:
             if part == "*":
                 raise LimitExceeded("template uses a * width in % formatting: not supported")
             if part:
-                total += int(part) if len(part) < 12 else MAX_STRING + 1
+                total += _number(part)
     return total
 
 
@@ -309,16 +316,16 @@ def _indent(s: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None:
     _check_size(len(text) + (text.count("\n") + 1) * pad)
 
 
-def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> None:
+def _replace(s: Any, old: Any, new: Any, count: Any = None) -> None:
     _check_size(_replaced_size(str(s), old, new, -1 if count is None else count))
 
 
-def _join(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> None:
+def _join(value: Any, d: Any = "", attribute: Any = None) -> None:
     if attribute is None:
         _check_size(_joined_size(str(d), value))
 
 
-def _wordwrap(env: Any, s: Any, width: Any = 79, *args: Any, **kwargs: Any) -> None:
+def _wordwrap(s: Any, width: Any = 79, *args: Any, **kwargs: Any) -> None:
     text = str(s)
     wrap = _str_arg(args, kwargs, 1, "wrapstring", None)
     breaks = len(text) // max(1, int(width) if isinstance(width, int) else 1) + len(text.split())
@@ -330,7 +337,19 @@ def _format(value: Any, *args: Any, **kwargs: Any) -> None:
     _check_size(len(str(value)) + _percent_width(str(value)))
 
 
-def _urlize(eval_ctx: Any, value: Any, *args: Any, **kwargs: Any) -> None:
+def _tojson(value: Any, indent: Any = None) -> None:
+    size = weigh(value)
+    if isinstance(indent, int):
+        _check_size(size * (1 + max(0, indent)))
+
+
+def _counted(value: Any, count: Any = 1, *args: Any, **kwargs: Any) -> None:
+    """``batch`` and ``slice``: one list per count (and padding up to it)."""
+    if isinstance(count, int) and count > MAX_RANGE:
+        raise LimitExceeded(f"template exceeds the range limit of {MAX_RANGE} items")
+
+
+def _urlize(value: Any, *args: Any, **kwargs: Any) -> None:
     text = str(value)
     extra = sum(len(a) for a in (*args, *kwargs.values()) if isinstance(a, str))
     _check_size(2 * len(text) + (len(text) // 4 + 1) * (extra + 40))
@@ -344,6 +363,9 @@ _PRECHECKS: Final[dict[str, Callable[..., None]]] = {
     "wordwrap": _wordwrap,
     "format": _format,
     "urlize": _urlize,
+    "tojson": _tojson,
+    "batch": _counted,
+    "slice": _counted,
 }
 _STRINGIFYING: Final = frozenset(
     {"string", "tojson", "pprint", "xmlattr", "safe", "e", "escape", "forceescape",
@@ -353,17 +375,22 @@ _STRINGIFYING: Final = frozenset(
 
 
 def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func`` counted, its arguments and result bounded."""
+    """``func`` counted, its arguments and result bounded.
+
+    The checks take the filter's own arguments: without the context, eval context
+    or environment Jinja passes first to some filters.
+    """
     check = _PRECHECKS.get(name)
     stringifies = name in _STRINGIFYING
+    skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.operation()
         if check is not None:
-            check(*args, **kwargs)
+            check(*args[skip:], **kwargs)
         elif stringifies:
-            _weigh_all((*args, *kwargs.values()))
+            _weigh_all((*args[skip:], *kwargs.values()))
         return budget.built(func(*args, **kwargs))
 
     bounded.__name__ = getattr(func, "__name__", name)
@@ -372,8 +399,34 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return bounded
 
 
-class _CodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a bounded join."""
+class _NoFolding(CodeGenerator):
+    """Folds no expression at compile time, only literal text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.optimizer = None  # meta's generator would fold, whatever the environment says
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Any, finalize: Any) -> str:
+        # Folding runs filters and ``~`` while compiling, outside every budget
+        # (``'a'|center(3000000) ~ …`` 1,000 times is 3 GB).
+        if not isinstance(node, nodes.TemplateData):
+            raise nodes.Impossible()
+        return str(super()._output_child_to_const(node, frame, finalize))
+
+
+class _Tracking(_NoFolding, meta.TrackingCodeGenerator):
+    """``meta.find_undeclared_variables``' code generator, folding nothing."""
+
+
+def undeclared_variables(ast: nodes.Template) -> set[str]:
+    """The names ``ast`` reads from its context (as ``meta.find_undeclared_variables``)."""
+    codegen = _Tracking(ast.environment)
+    codegen.visit(ast)
+    return set(codegen.undeclared_identifiers)
+
+
+class _CodeGenerator(_NoFolding):
+    """Compiles ``a ~ b`` to a bounded join, and folds no expression at compile time."""
 
     def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
         self.write("environment.bounded_concat(context, (")
@@ -390,7 +443,8 @@ class BoundedEnvironment(SandboxedEnvironment):
     code_generator_class = _CodeGenerator
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(finalize=self._finalize, **options)
+        # No constant folding by the optimizer either (see _CodeGenerator).
+        super().__init__(finalize=self._finalize, optimized=False, **options)
         self.globals["range"] = _bounded_range
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
         self.filters[LOOP_FILTER] = _bounded_iter
@@ -416,11 +470,17 @@ class BoundedEnvironment(SandboxedEnvironment):
         """Call ``__obj`` in the sandbox, counted, its result bounded."""
         budget = _budget()
         budget.operation()
-        if isinstance(getattr(__obj, "__self__", None), str):
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
             _check_method(__obj, args, kwargs)
+        elif isinstance(owner, _CONTAINERS) and args and hasattr(args[0], "__len__"):
+            _check_size(len(owner) + len(args[0]))  # l.extend(l) doubles l in place
         if isinstance(__obj, LoopContext) and args:  # recursive loop(...)
             args = (_bounded_iter(args[0]), *args[1:])
-        return budget.built(super().call(__context, __obj, *args, **kwargs))
+        result = budget.built(super().call(__context, __obj, *args, **kwargs))
+        if isinstance(owner, _CONTAINERS):
+            _check_size(len(owner))
+        return result
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """The sandbox's ``str.format``, refused when its widths would build too much."""

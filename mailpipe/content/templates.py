@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2 import StrictUndefined, meta, nodes
+from jinja2 import StrictUndefined, nodes
 
 from mailpipe.content.bounded import (
     MAX_STRING,
@@ -29,6 +29,7 @@ from mailpipe.content.bounded import (
     LimitExceeded,
     bound_loops,
     release,
+    undeclared_variables,
     use,
 )
 from mailpipe.content.html import html_to_text
@@ -133,7 +134,7 @@ def _compile_field(name: str, source: str, autoescape: bool) -> _Field:
     env = _ENVS[autoescape]
     try:
         ast = env.parse(source)
-        names = meta.find_undeclared_variables(ast)
+        names = undeclared_variables(ast)
         bound_loops(ast)
         template = env.from_string(ast)
     except jinja2.TemplateSyntaxError as exc:
