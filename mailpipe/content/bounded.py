@@ -66,11 +66,15 @@ MAX_EXPONENT: Final = 1_000
 MAX_INT_BITS: Final = 14_300
 """Bits of an integer a template computes: Python prints at most 4,300 digits."""
 LOOP_FILTER: Final = "_bounded_loop"
+_CHECK_EVERY: Final = 63
+"""The clock is read every 64 iterations or operations (a read costs more than a step)."""
 
 _FORMAT_FIELD = re.compile(r"\{[^{}]*\}")
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _DIGITS = re.compile(r"\d+")
 _NESTED_FIELD = re.compile(r"\{[^{}]*\{")
+_SHORT_FORMAT = 32
+_WIDE_SPEC = re.compile(r"\d{6}|\*")
 _REFUSED_METHODS: Final = frozenset({"translate", "maketrans"})
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 
@@ -92,11 +96,11 @@ class Deadline:
     def __init__(self, seconds: float, cancelled: threading.Event | None = None) -> None:
         self.seconds = seconds
         self._at = time.monotonic() + seconds
-        self.cancelled = cancelled if cancelled is not None else threading.Event()
+        self.cancelled = cancelled
 
     def check(self) -> None:
         """Raise :class:`LimitExceeded` once the time is up or the request was cancelled."""
-        if self.cancelled.is_set():
+        if self.cancelled is not None and self.cancelled.is_set():
             raise LimitExceeded("template check stopped: the request was cancelled")
         if time.monotonic() > self._at:
             raise LimitExceeded(f"template exceeds the time budget of {self.seconds:g} s")
@@ -120,7 +124,8 @@ class Budget:
             raise LimitExceeded(
                 f"template exceeds the loop budget of {MAX_LOOP_ITERATIONS} iterations"
             )
-        self.deadline.check()
+        if not self.iterations & _CHECK_EVERY:
+            self.deadline.check()
 
     def operation(self) -> None:
         """Count one call, filter or operator."""
@@ -275,6 +280,8 @@ def _number(digits: str) -> int:
 
 def _percent_width(fmt: str) -> int:
     """The sum of the widths and precisions in a ``%`` format string."""
+    if len(fmt) <= _SHORT_FORMAT and not _WIDE_SPEC.search(fmt):
+        return 0  # at most 16 widths under 100,000: far below MAX_STRING
     total = 0
     for width, precision in _PERCENT_SPEC.findall(fmt):
         for part in (width, precision):
@@ -334,7 +341,8 @@ def _wordwrap(s: Any, width: Any = 79, *args: Any, **kwargs: Any) -> None:
 
 def _format(value: Any, *args: Any, **kwargs: Any) -> None:
     _weigh_all((*args, *kwargs.values()))
-    _check_size(len(str(value)) + _percent_width(str(value)))
+    text = value if isinstance(value, str) else str(value)
+    _check_size(len(text) + _percent_width(text))
 
 
 def _tojson(value: Any, indent: Any = None) -> None:
