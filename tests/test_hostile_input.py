@@ -68,26 +68,28 @@ async def test_a_normal_post_beside_two_template_bombs_is_answered(config: Any) 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(bomb)
                 nursery.start_soon(bomb)
-                await trio.sleep(0.2)  # let both take the two validation slots
+                await _slots_taken(svc, 2)  # both validation slots are the bombs'
                 with trio.fail_after(15):  # the time budget (5 s) frees a slot at the latest
                     normal = await _post(client, message())
                 assert normal.status_code == 200, normal.text
     assert answers == [400, 400]
 
 
-async def _slots_free(svc: Service) -> None:
-    while svc.cpu_limiter.borrowed_tokens:
+async def _slots_taken(svc: Service, n: int) -> None:
+    """Return once exactly ``n`` validation slots are in use."""
+    while svc.cpu_limiter.borrowed_tokens != n:
         await trio.sleep(0.01)
 
 
 async def test_validation_stops_when_the_client_leaves(config: Any) -> None:
     async with running_service(config) as svc, api_client(svc) as client:
-        with trio.move_on_after(0.5) as left:
-            await _post(client, personalised(SLOW))
-        assert left.cancelled_caught
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_post, client, personalised(SLOW))
+                await _slots_taken(svc, 1)
+                nursery.cancel_scope.cancel()  # the client leaves mid-validation
         with trio.fail_after(3):  # well before the 5 s time budget would stop it
-            await trio.sleep(0.05)
-            await _slots_free(svc)
+            await _slots_taken(svc, 0)
 
 
 # -- strict request shapes ------------------------------------------------------------
