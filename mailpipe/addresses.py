@@ -5,6 +5,11 @@ and a bulk list has few distinct domains, so a plain ASCII dot-atom local part
 is checked here and each domain goes through ``email-validator`` once (cached);
 anything else takes the full ``email-validator`` path.
 
+Amazon SES does not support SMTPUTF8: every address must be 7-bit ASCII. A
+Unicode domain is normalised to its Punycode form (``ann@bücher.de`` becomes
+``ann@xn--bcher-kva.de``, which is what is stored and sent); a non-ASCII local
+part cannot be sent at all and is refused.
+
 :meth:`AddressValidator.normalize_all` does the same for a whole list at C
 speed (one join, a byte-class check, a few substring searches), which is what
 makes a 100,000-recipient POST cheap; any list it is unsure of goes one by one.
@@ -46,7 +51,8 @@ class InvalidAddress(ValueError):
 
 
 class AddressValidator:
-    """Normalises addresses (domain lower-cased and IDNA-normalised) or refuses them."""
+    """Normalises addresses to 7-bit ASCII (domain lower-cased, IDNA to Punycode) or
+    refuses them."""
 
     def __init__(self) -> None:
         self._domains: dict[str, str | InvalidAddress] = {}
@@ -133,9 +139,20 @@ class AddressValidator:
         return known
 
 
+SMTPUTF8_REFUSED = (
+    "the part before the @ must be ASCII: Amazon SES does not support SMTPUTF8 "
+    "(internationalized) local parts"
+)
+
+
 def _full(address: str) -> str:
+    """``address`` normalised by email-validator, in its ASCII (Punycode) form."""
+    local = address.rpartition("@")[0]
+    if not local.isascii():
+        raise InvalidAddress(address, SMTPUTF8_REFUSED)
     try:
-        result = validate_email(address, check_deliverability=False)
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InvalidAddress(address, str(exc)) from None
-    return str(result.normalized)
+    assert result.ascii_email is not None  # allow_smtputf8=False promises it
+    return str(result.ascii_email)

@@ -153,3 +153,26 @@ def test_round_trip(subject: str, body: str) -> None:
     assert text.replace("\r\n", "\n").rstrip("\n") == body.replace("\r\n", "\n").replace(
         "\r", "\n"
     ).rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    ("given_to", "sent"),
+    [
+        ("ann@bücher.de", "ann@xn--bcher-kva.de"),
+        ("ann@BÜCHER.de", "ann@xn--bcher-kva.de"),
+        ("ann@xn--bcher-kva.de", "ann@xn--bcher-kva.de"),
+        ("ann@example.com", "ann@example.com"),
+    ],
+)
+def test_addresses_are_written_in_ascii_with_punycode_domains(given_to: str, sent: str) -> None:
+    raw = to_bytes(build(to=given_to, sender="Bücher <news@bücher.de>"))
+    assert raw.isascii()
+    parsed = email.message_from_bytes(raw, policy=policy.default)
+    assert parsed["To"] == sent
+    assert parsed["From"].addresses[0].addr_spec == "news@xn--bcher-kva.de"
+    assert parsed["From"].addresses[0].display_name == "Bücher"
+
+
+def test_a_non_ascii_local_part_cannot_be_written() -> None:
+    with pytest.raises(ValueError, match="SMTPUTF8"):
+        build(to="jörg@example.com")

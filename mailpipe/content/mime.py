@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import Any
 
-__all__ = ["build_message", "to_bytes"]
+import idna
+
+__all__ = ["ascii_address", "build_message", "to_bytes"]
 
 _NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII except ':'
 _BAD_VALUE = re.compile(r"[\x00\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -87,8 +89,8 @@ def build_message(
         if name.lower() in _RESERVED:
             raise ValueError(f"header {name} is set by build_message")
     msg = EmailMessage(policy=_POLICY)
-    msg["From"] = sender
-    msg["To"] = to
+    msg["From"] = ascii_address(sender)
+    msg["To"] = ascii_address(to)
     msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=message_id_domain or _domain_of(sender))
@@ -99,6 +101,27 @@ def build_message(
     msg.attach(_part(text, "plain"))
     msg.attach(_part(html, "html"))
     return msg
+
+
+def ascii_address(value: str) -> str:
+    """``value`` (``a@b`` or ``Name <a@b>``) with its domain in Punycode.
+
+    SES accepts only 7-bit ASCII addresses (no SMTPUTF8); a display name may
+    still be Unicode (it is sent as an RFC 2047 encoded word). Raises
+    ``ValueError`` for a non-ASCII local part, which cannot be sent at all.
+    """
+    name, address = parseaddr(value)
+    if address.isascii():
+        return value
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise ValueError(f"address {address!r}: a non-ASCII local part cannot be sent (SMTPUTF8)")
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"address {address!r}: invalid domain: {exc}") from None
+    address = f"{local}@{ascii_domain}"
+    return formataddr((name, address)) if name else address
 
 
 def _part(content: str, subtype: str) -> EmailMessage:

@@ -12,28 +12,52 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2 import StrictUndefined, meta, nodes
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, nodes
 
+from mailpipe.content.bounded import (
+    MAX_STRING,
+    RENDER_TIME_S,
+    BoundedEnvironment,
+    Budget,
+    Deadline,
+    LimitExceeded,
+    bound_loops,
+    release,
+    undeclared_variables,
+    use,
+)
 from mailpipe.content.html import html_to_text
+from mailpipe.content.tokens import Tokens
 from mailpipe.errors import MailpipeError
 
-__all__ = ["CompiledMessage", "Rendered", "TemplateError", "check_recipients", "compile_message"]
+__all__ = [
+    "CompiledMessage",
+    "Deadline",
+    "Rendered",
+    "TemplateError",
+    "check_recipients",
+    "compile_message",
+    "probe_links",
+]
 
 UNSUBSCRIBE_VAR = "unsubscribe_url"
-MAX_RENDERED_CHARS = 4_000_000  # per field; far beyond any real email
-_MAX_EXPONENT = 1_000
+MAX_RENDERED_CHARS = MAX_STRING  # per field; far beyond any real email
+MAX_SUBJECT = 998
+"""Characters of a subject, static or rendered (RFC 5322's line limit)."""
 _CACHE_SIZE = 256
 _SYNTAX = ("{{", "{%", "{#")
 _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_PROBE_URL = "https://unsubscribe.invalid/v1/unsubscribe?requestId=0&t=x"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""Control characters a subject may not hold (TAB is folding white space, allowed)."""
+_PROBE_BASE = "http://localhost:3000"
+_PROBE_REQUEST_ID = 1_048_576
+"""A request id of the size real ones have early on (an id is only known once stored)."""
 
 
 class TemplateError(MailpipeError):
@@ -64,24 +88,8 @@ class Rendered:
     text: str
 
 
-class _Environment(SandboxedEnvironment):
-    """Sandbox that also refuses to build huge strings or numbers with ``*`` and ``**``."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
-            if isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
-                raise SecurityError("exponent too large")
-        elif isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple):
-            seq, count = (left, right) if isinstance(left, str | list | tuple) else (right, left)
-            if isinstance(count, int) and len(seq) * count > MAX_RENDERED_CHARS:
-                raise SecurityError("repetition too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _environment(*, autoescape: bool) -> _Environment:
-    return _Environment(
+def _environment(*, autoescape: bool) -> BoundedEnvironment:
+    return BoundedEnvironment(
         autoescape=autoescape, undefined=StrictUndefined, keep_trailing_newline=True
     )
 
@@ -126,7 +134,8 @@ def _compile_field(name: str, source: str, autoescape: bool) -> _Field:
     env = _ENVS[autoescape]
     try:
         ast = env.parse(source)
-        names = meta.find_undeclared_variables(ast)
+        names = undeclared_variables(ast)
+        bound_loops(ast)
         template = env.from_string(ast)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(name, f"line {exc.lineno}: {exc.message}") from exc
@@ -179,18 +188,29 @@ class CompiledMessage:
         """False when every recipient gets exactly the same subject and bodies."""
         return self._static is None
 
-    def render(self, data: Mapping[str, Any], *, unsubscribe_url: str) -> Rendered:
+    def render(
+        self, data: Mapping[str, Any], *, unsubscribe_url: str, deadline: Deadline | None = None
+    ) -> Rendered:
         """Render for one recipient; raises :class:`TemplateError` on any failure.
 
         Without a text template the text part is derived from the rendered HTML.
-        A subject that renders to several lines is refused.
+        A subject that renders to several lines, to control characters or to
+        more than ``MAX_SUBJECT`` characters is refused. The render is bounded
+        (see :mod:`mailpipe.content.bounded`): in time by ``deadline``, else by
+        ``RENDER_TIME_S``.
         """
         if self._static is not None:
             return self._static
+        token = use(Budget(deadline or Deadline(RENDER_TIME_S)))
+        try:
+            return self._render(data, unsubscribe_url)
+        finally:
+            release(token)
+
+    def _render(self, data: Mapping[str, Any], unsubscribe_url: str) -> Rendered:
         context = {**data, UNSUBSCRIBE_VAR: unsubscribe_url}
         subject = self._subject.render(context)
-        if _LINE_BREAK.search(subject):
-            raise TemplateError("subject", "contains a line break")
+        _check_subject(subject)
         html = self._html.render(context)
         if self._text is not None:
             text = self._text.render(context)
@@ -205,8 +225,8 @@ def compile_message(subject: str, html: str, text: str | None) -> CompiledMessag
     Recompiling the same source text is served from a cache.
     """
     subject_field = _compile_field("subject", subject, False)
-    if subject_field.template is None and _LINE_BREAK.search(subject):
-        raise TemplateError("subject", "contains a line break")
+    if subject_field.template is None:
+        _check_subject(subject)
     return CompiledMessage(
         subject_field,
         _compile_field("content", html, True),
@@ -214,28 +234,65 @@ def compile_message(subject: str, html: str, text: str | None) -> CompiledMessag
     )
 
 
+def _check_subject(subject: str) -> None:
+    if _LINE_BREAK.search(subject):
+        raise TemplateError("subject", "contains a line break")
+    if _CONTROL.search(subject):
+        raise TemplateError("subject", "contains a control character")
+    if len(subject) > MAX_SUBJECT:
+        raise TemplateError("subject", f"is longer than {MAX_SUBJECT} characters")
+
+
+def probe_links(tokens: Tokens | None = None, base: str = _PROBE_BASE) -> Callable[[str], str]:
+    """Unsubscribe URLs of the shape real ones have, for checking templates.
+
+    Built by :meth:`Tokens.unsubscribe_url` (``tokens``, else a random key) at
+    ``base`` (``SERVER_HOST``) with a plausible request id: a template cannot
+    tell a check from a real send by its ``unsubscribe_url``.
+    """
+    signer = tokens or Tokens(secrets.token_bytes(32))
+    return functools.partial(signer.unsubscribe_url, base, _PROBE_REQUEST_ID)
+
+
 def check_recipients(
-    compiled: CompiledMessage, recipients: Sequence[tuple[str, Mapping[str, Any]]]
+    compiled: CompiledMessage,
+    recipients: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    deadline: Deadline | None = None,
+    links: Callable[[str], str] | None = None,
 ) -> None:
     """Check that the message renders for every ``(address, data)`` recipient.
 
     Raises :class:`TemplateError` naming the first failing recipient and the
-    cause (e.g. the missing variable). Data is rendered only where looking at
-    its keys cannot settle the question.
+    cause (e.g. the missing variable, or the bound a template exceeds). Data
+    is rendered only where looking at its keys cannot settle the question,
+    with ``links(address)`` as the unsubscribe URL (default :func:`probe_links`).
+    All renders share ``deadline``; the check stops once it is up or cancelled.
     """
     if not recipients:
         return
     fields = compiled._fields
+    deadline = deadline or Deadline(RENDER_TIME_S)
+    links = links or probe_links()
     if not compiled.variables:
         # Identical for everyone apart from the unsubscribe URL: one render decides.
         address, data = recipients[0]
-        _render_as(compiled, address, data)
+        _render_as(compiled, address, data, deadline, links)
         return
     if not all(f.flat for f in fields):
         for address, data in recipients:
-            _render_as(compiled, address, data)
+            _render_as(compiled, address, data, deadline, links)
         return
-    subject_vars = compiled._subject.variables
+    _check_flat(compiled, recipients)
+
+
+def _check_flat(
+    compiled: CompiledMessage, recipients: Sequence[tuple[str, Mapping[str, Any]]]
+) -> None:
+    """Names present and subjects clean, for templates of only text and ``{{ name }}``."""
+    fields = compiled._fields
+    subject_vars = sorted(compiled._subject.variables)
+    subject_source = compiled._subject.source
     needed = compiled.variables
     for address, data in recipients:
         missing = needed - data.keys()
@@ -243,13 +300,31 @@ def check_recipients(
             field = next(f for f in fields if f.variables & missing)
             name = min(field.variables & missing)
             raise TemplateError(field.name, f"'{name}' is undefined", recipient=address)
-        for name in subject_vars:
-            if _LINE_BREAK.search(str(data[name])):
+        values = [str(data[name]) for name in subject_vars]
+        for value in values:
+            if _LINE_BREAK.search(value):
                 raise TemplateError("subject", "contains a line break", recipient=address)
+            if _CONTROL.search(value):
+                raise TemplateError("subject", "contains a control character", recipient=address)
+        if values and len(subject_source) + sum(map(len, values)) > MAX_SUBJECT:
+            try:  # the sum may count a name twice or miss none: render to be exact
+                _check_subject(compiled._subject.render({**data, UNSUBSCRIBE_VAR: ""}))
+            except TemplateError as exc:
+                raise exc.for_recipient(address) from exc
 
 
-def _render_as(compiled: CompiledMessage, address: str, data: Mapping[str, Any]) -> None:
+def _render_as(
+    compiled: CompiledMessage,
+    address: str,
+    data: Mapping[str, Any],
+    deadline: Deadline,
+    links: Callable[[str], str],
+) -> None:
     try:
-        compiled.render(data, unsubscribe_url=_PROBE_URL)
+        deadline.check()
+    except LimitExceeded as exc:
+        raise TemplateError("templates", str(exc), recipient=address) from None
+    try:
+        compiled.render(data, unsubscribe_url=links(address), deadline=deadline)
     except TemplateError as exc:
         raise exc.for_recipient(address) from exc

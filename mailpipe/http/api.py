@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any, Final, TypeVar
 
+import outcome
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from mailpipe.content.templates import probe_links
 from mailpipe.errors import KeyReused
 from mailpipe.http.app import ApiError, require_key, service
 from mailpipe.ingest import Limits, RequestInvalid, parse_send_request
@@ -55,10 +58,13 @@ async def post_messages() -> Response | dict[str, Any]:
         if earlier is not None:
             return _replay(earlier)
     limits = Limits(max_recipients=svc.config.max_recipients_per_request)
+    links = probe_links(svc.tokens, svc.config.server_host)
+    cancelled = threading.Event()
+    validate = partial(
+        parse_send_request, body, limits, svc.addresses, cancelled=cancelled, links=links
+    )
     try:
-        messages = await trio.to_thread.run_sync(
-            partial(parse_send_request, body, limits, svc.addresses), limiter=svc.cpu_limiter
-        )
+        messages = await run_stoppable(validate, cancelled, svc.cpu_limiter)
     except RequestInvalid as exc:
         raise ApiError(exc.status, str(exc)) from None
     result = await _earlier(svc.store.insert_messages(messages, utcnow(), key=key))
@@ -73,6 +79,30 @@ async def post_messages() -> Response | dict[str, Any]:
         del messages, body  # let the parsed request go before the heap is trimmed
         await trio.to_thread.run_sync(trim, limiter=svc.cpu_limiter)
     return result.answer or _accepted(result.count, started)
+
+
+async def run_stoppable(
+    work: Callable[[], T], stop: threading.Event, limiter: trio.CapacityLimiter
+) -> T:
+    """``work()`` in a worker thread; ``stop`` is set if this task is cancelled meanwhile.
+
+    A worker thread cannot be abandoned safely, so ``work`` must watch ``stop``
+    and end soon after it is set (the client went away, or shutdown).
+    """
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_set_when_cancelled, stop)
+        try:
+            result = await trio.to_thread.run_sync(outcome.capture, work, limiter=limiter)
+        finally:
+            nursery.cancel_scope.cancel()
+    return result.unwrap()
+
+
+async def _set_when_cancelled(stop: threading.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        stop.set()
 
 
 def _accepted(count: int, started: float) -> dict[str, Any]:

@@ -54,13 +54,17 @@ MAX_FORM_BYTES: Final = 4096
 MAX_USER_AGENT: Final = 512
 ONE_CLICK: Final = ("List-Unsubscribe", "One-Click")
 VIA_PAGE: Final = "page"
+MAX_REQUEST_ID: Final = 2**63 - 1
 
 
 @bp.get("/v1/events/open")
 async def open_pixel() -> Response:
     """The transparent pixel, whatever the token; a valid one records an ``Open``."""
     svc = service()
-    rid = svc.tokens.check_open(request.args.get("requestId"), request.args.get("t"))
+    raw_id = request.args.get("requestId")
+    rid = svc.tokens.check_open(raw_id, request.args.get("t"))
+    if _parse_id(raw_id) is None:  # beyond a row id: no request, whatever the token
+        rid = None
     if rid is not None and request.method == "GET":
         await _record(rid, OPEN, {})
     return Response(PIXEL, 200, {"Content-Type": "image/gif", **NO_STORE})
@@ -70,9 +74,10 @@ async def open_pixel() -> Response:
 async def click() -> Response:
     """Redirect to the link's signed target and record a ``Click``; a bad link goes nowhere."""
     svc = service()
-    found = svc.tokens.check_click(
-        request.args.get("requestId"), request.args.get("url"), request.args.get("t")
-    )
+    raw_id = request.args.get("requestId")
+    found = svc.tokens.check_click(raw_id, request.args.get("url"), request.args.get("t"))
+    if _parse_id(raw_id) is None:
+        found = None
     if found is None or not _safe_location(found[1]):
         return _page(400, "Link not valid", "This link is not valid. Nothing was opened.")
     rid, url = found
@@ -142,10 +147,15 @@ async def _unsubscribe_link() -> tuple[int, str] | Response:
 
 
 def _parse_id(raw: str | None) -> int | None:
-    """A request id to look up (the token check then insists on canonical form)."""
+    """A request id to look up (the token check then insists on canonical form).
+
+    None unless decimal digits of at most ``MAX_REQUEST_ID``: SQLite row ids are
+    signed 64-bit, a larger number overflows the query and can be no request.
+    """
     if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
         return None
-    return int(raw)
+    rid = int(raw)
+    return rid if rid <= MAX_REQUEST_ID else None
 
 
 async def _record(rid: int, status: str, extra: dict[str, str]) -> None:

@@ -43,16 +43,26 @@ def _obj(required: list[str], **properties: Json) -> Json:
 UNAUTHORIZED: Final = _error("`x-api-key` missing or wrong")
 KEYED: Final[list[Json]] = [{"apiKey": []}]
 
+TOPIC_PATTERN: Final = (
+    "^[^/\\\\?#%\\x00-\\x1f\\x7f-\\x9f]*[^/\\\\?#%\\s\\x00-\\x1f\\x7f-\\x9f]"
+    "[^/\\\\?#%\\x00-\\x1f\\x7f-\\x9f]*$"
+)
+"""A topic id reachable as a path segment: no '/', '\\', '?', '#', '%' or control
+characters, not blank; '.' and '..' are refused too (``TOPIC_SCHEMA``)."""
+TOPIC_SCHEMA: Final[Json] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": TOPIC_PATTERN,
+    "not": {"enum": [".", ".."]},
+}
 TOPIC_ID: Final = {
     "name": "topicId",
     "in": "path",
     "required": True,
-    "description": "The topic (campaign) id given when posting",
-    "schema": {
-        "type": "string",
-        "minLength": 1,
-        "pattern": "^[^/\\x00-\\x1f\\x7f]+$",
-    },
+    "description": "The topic (campaign) id given when posting (percent-encoded); "
+    "an id no request has answers zero counts",
+    "schema": {"type": "string", "minLength": 1},
 }
 EMAIL_PATH: Final = {
     "name": "email",
@@ -90,43 +100,58 @@ SCHEMAS: Final[Json] = {
     "Message": {
         "type": "object",
         "required": ["topicId", "subject", "content"],
-        "description": "One content and its recipients: `emails`, `recipients`, or both",
+        "additionalProperties": False,
+        "anyOf": [
+            {"required": ["emails"], "properties": {"emails": {"type": "array", "minItems": 1}}},
+            {"required": ["recipients"], "properties": {"recipients": {"type": "array"}}},
+        ],
+        "description": "One content and its recipients: `emails`, `recipients`, or both. "
+        "Any other field is refused, naming it.",
         "properties": {
             "topicId": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 255,
-                "description": "Campaign id; no control characters",
+                **TOPIC_SCHEMA,
+                "description": "Campaign id, reachable as `/v1/topics/{topicId}`: not `.` or "
+                "`..`, no `/`, `\\`, `?`, `#`, `%` or control characters",
             },
             "emails": {
-                "type": "array",
-                "minItems": 1,
+                "type": ["array", "null"],
                 "items": {"type": "string", "format": "email"},
-                "description": "Recipients; one address spelled several ways is sent once",
+                "description": "Recipients; one address spelled several ways is sent once. "
+                "7-bit ASCII before the @ (SES has no SMTPUTF8); a Unicode domain is sent "
+                "as Punycode",
             },
             "recipients": {
-                "type": "array",
+                "type": ["array", "null"],
                 "minItems": 1,
                 "description": "Recipients with per-recipient template data",
-                "items": _obj(
-                    ["email"], email={"type": "string", "format": "email"}, data={"type": "object"}
-                ),
+                "items": {
+                    **_obj(
+                        ["email"],
+                        email={"type": "string", "format": "email"},
+                        data={"type": ["object", "null"]},
+                    ),
+                    "additionalProperties": False,
+                },
             },
             "subject": {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": 998,
-                "description": "Template; no CR or LF; not blank",
+                "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f]*$",
+                "description": "Template; no control characters (TAB allowed); not blank; "
+                "rendered, still one line of at most 998 characters",
             },
             "content": {
                 "type": "string",
                 "minLength": 1,
-                "description": "HTML template (autoescaped); not blank",
+                "description": "HTML template (autoescaped); not blank. Every render is "
+                "bounded (loop iterations, operations, sizes, time); a template over a "
+                "bound is a 400 naming it",
             },
             "text": {
-                "type": "string",
+                "type": ["string", "null"],
                 "minLength": 1,
-                "description": "Plain-text part; derived from the HTML when absent",
+                "description": "Plain-text part; derived from the HTML when absent or null",
             },
             "scheduledAt": {
                 "anyOf": [
@@ -140,9 +165,10 @@ SCHEMAS: Final[Json] = {
             "trackClicks": {"type": "boolean", "default": True},
         },
     },
-    "SendRequest": _obj(
-        ["messages"], messages={"type": "array", "minItems": 1, "items": _ref("Message")}
-    ),
+    "SendRequest": {
+        **_obj(["messages"], messages={"type": "array", "minItems": 1, "items": _ref("Message")}),
+        "additionalProperties": False,
+    },
     "Accepted": _obj(
         ["count", "elapsed"],
         count=_int(description="Requests stored (one per distinct recipient)"),
@@ -353,7 +379,7 @@ SUPPRESSIONS: Final[Json] = {
                 "name": "cursor",
                 "in": "query",
                 "required": False,
-                "schema": {"type": "integer", "minimum": 1},
+                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
             },
         ],
         "responses": {
