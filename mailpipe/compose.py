@@ -15,6 +15,7 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any
 
+from mailpipe.content.mime import ascii_address
 from mailpipe.content.prepared import PreparedContent
 from mailpipe.content.templates import TemplateError
 from mailpipe.content.tokens import Tokens
@@ -68,7 +69,7 @@ class Composer:
         return Email(
             request_id=rid,
             sender=self.sender,
-            to=to,
+            to=ascii_address(to),  # rows stored before domains were kept in Punycode
             subject=rendered.subject,
             html=rendered.html,
             text=rendered.text,

@@ -132,3 +132,14 @@ def test_stored_data_that_is_not_an_object_is_a_template_error() -> None:
     broken = Job(1, "t", "ann@example.com", Content(8, "s", "x"), data="[1]")
     with pytest.raises(PermanentSendError, match="TemplateError"):
         Composer("s@example.com", TOKENS, BASE).compose(broken)
+
+
+def test_a_unicode_domain_stored_earlier_is_sent_as_punycode() -> None:
+    content = Content(1, "Hi", '<a href="{{ unsubscribe_url }}">stop</a>')
+    email = Composer("sender@example.com", TOKENS, BASE).compose(
+        job(content, "ann@bücher.de", 9)
+    )
+    assert email.to == "ann@xn--bcher-kva.de"
+    # The link still names the address as stored, which unsubscribing checks.
+    assert TOKENS.unsubscribe_url(BASE, 9, "ann@bücher.de") in dict(email.headers)[
+        "List-Unsubscribe"]
