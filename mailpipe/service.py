@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,12 +25,12 @@ from mailpipe.addresses import AddressValidator
 from mailpipe.compose import Composer
 from mailpipe.config import Config
 from mailpipe.content.tokens import Tokens
-from mailpipe.errors import ConfigError
+from mailpipe.errors import ConfigError, StoreError
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
-from mailpipe.model import Outcome
+from mailpipe.model import IdempotencyKey, InsertResult, NewMessage, Outcome
 from mailpipe.pipeline.cluster import ClusterSync
 from mailpipe.pipeline.jobs import Backlog, Handed, Job
 from mailpipe.pipeline.limiter import Limiter, RateLimiter
@@ -88,11 +88,59 @@ class Service:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self.shutdown_requested.set()
 
-    def refresh_gauges(self) -> None:
-        """Bring the sampled gauges up to date (before a scrape)."""
+    # -- the HTTP edge's façade (mailpipe.http.facade.Pipeline) --------------
+
+    async def accept(
+        self, messages: Sequence[NewMessage], key: IdempotencyKey | None
+    ) -> InsertResult:
+        """Store a validated send and wake the scheduler if any of it is due."""
+        result = await self.store.insert_messages(messages, utcnow(), key=key)
+        if not result.replayed:
+            self.metrics.accepted.inc(result.count)
+            if result.due_now:
+                self.scheduler.nudge()
+        return result
+
+    async def stop_topic(self, topic_id: str) -> int:
+        """Stop every request of the topic not yet handed to SES; how many.
+
+        The pool withholds the topic's claimed jobs from now on and names those
+        already handed, which the store's stop leaves to finish.
+        """
+        upto = await self.store.max_request_id(topic_id)
+        if upto is None:
+            return 0
+        handed = self.pool.stop_topic(topic_id, upto)
+        stopped = await self.store.stop_topic(topic_id, upto, exclude=handed, now=utcnow())
+        self.metrics.stopped.inc(stopped)
+        return stopped
+
+    def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Withhold claimed rows to these (address, reason) pairs too."""
+        self.pool.suppressed.add(entries)
+
+    def lifted(self, address: str) -> None:
+        """Forget ``address``'s suppression here (even when the store had none)."""
+        self.pool.suppressed.discard(address)
+
+    async def readiness(self) -> tuple[str, str] | None:
+        """None when ready; else (status, reason)."""
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            return "unavailable", f"store: {exc}"
+        if self.gate.paused:
+            return "paused", f"sending paused: {self.gate.reason}"
+        if self.stopping:
+            return "stopping", "shutting down"
+        return None
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition, sampled gauges brought up to date first."""
         self.metrics.queued.set(self.scheduler.queued)
         self.metrics.rate.set(self.limiter.rate)
         self.metrics.paused.set(1 if self.gate.paused else 0)
+        return self.metrics.exposition()
 
 
 async def resolve_secret(

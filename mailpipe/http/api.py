@@ -16,7 +16,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from mailpipe.content.templates import probe_links
 from mailpipe.errors import KeyReused
-from mailpipe.http.app import ApiError, require_key, service
+from mailpipe.http.app import ApiError, pipeline, require_key
 from mailpipe.ingest import Limits, RequestInvalid, parse_send_request
 from mailpipe.memory import trim
 from mailpipe.model import IdempotencyKey
@@ -49,7 +49,7 @@ async def post_messages() -> Response | dict[str, Any]:
     answers the first response again and stores nothing; another body is a 409.
     """
     started = time.perf_counter()
-    svc = service()
+    svc = pipeline()
     body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     assert isinstance(body, bytes)
     key = await _idempotency_key(body, started)
@@ -67,13 +67,10 @@ async def post_messages() -> Response | dict[str, Any]:
         messages = await run_stoppable(validate, cancelled, svc.cpu_limiter)
     except RequestInvalid as exc:
         raise ApiError(exc.status, str(exc)) from None
-    result = await _earlier(svc.store.insert_messages(messages, utcnow(), key=key))
+    result = await _earlier(svc.accept(messages, key))
     if result.replayed:  # an identical request won the race while this one was validated
         assert result.answer is not None
         return _replay(result.answer)
-    svc.metrics.accepted.inc(result.count)
-    if result.due_now:
-        svc.scheduler.nudge()
     if result.count >= CHECKPOINT_AFTER_ROWS:
         current_app.add_background_task(svc.store.after_large_insert)
         del messages, body  # let the parsed request go before the heap is trimmed
@@ -138,7 +135,7 @@ def _replay(answer: dict[str, Any]) -> Response:
 @require_key
 async def topic_stats(topic_id: str) -> dict[str, Any]:
     """Counts of the topic's requests per status and results per event type."""
-    return topic_stats_json(await service().store.topic_stats(topic_id))
+    return topic_stats_json(await pipeline().store.topic_stats(topic_id))
 
 
 def topic_stats_json(stats: TopicStats) -> dict[str, Any]:
@@ -154,14 +151,7 @@ def topic_stats_json(stats: TopicStats) -> dict[str, Any]:
 @require_key
 async def stop_topic(topic_id: str) -> dict[str, Any]:
     """Stop every request of the topic not yet handed to the provider."""
-    svc = service()
-    upto = await svc.store.max_request_id(topic_id)
-    if upto is None:
-        return {"stopped": 0}
-    handed = svc.pool.stop_topic(topic_id, upto)
-    stopped = await svc.store.stop_topic(topic_id, upto, exclude=handed, now=utcnow())
-    svc.metrics.stopped.inc(stopped)
-    return {"stopped": stopped}
+    return {"stopped": await pipeline().stop_topic(topic_id)}
 
 
 @bp.get("/v1/events/counts/sent")
@@ -176,5 +166,5 @@ async def sent_count() -> dict[str, Any]:
     if not 1 <= hours <= 168:
         raise ApiError(400, f"hours must be from 1 to 168, not {hours}")
     since = utcnow() - timedelta(hours=hours)
-    count = await service().store.count_sent_since(since)
+    count = await pipeline().store.count_sent_since(since)
     return {"count": count, "hours": hours, "since": since.isoformat().replace("+00:00", "Z")}

@@ -17,7 +17,7 @@ from mailpipe.errors import StoreError
 from mailpipe.http.drain import DrainUnreadBody
 
 if TYPE_CHECKING:
-    from mailpipe.service import Service
+    from mailpipe.http.facade import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def service() -> Service:
-    """The service the current app belongs to."""
-    return cast("Service", current_app.extensions["mailpipe"])
+def pipeline() -> Pipeline:
+    """The pipeline the current app serves."""
+    return cast("Pipeline", current_app.extensions["mailpipe"])
 
 
 def require_key(handler: F) -> F:
@@ -45,14 +45,14 @@ def require_key(handler: F) -> F:
     @wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = request.headers.get("x-api-key", "").encode()
-        if not hmac.compare_digest(given, service().api_key.encode()):
+        if not hmac.compare_digest(given, pipeline().api_key.encode()):
             raise ApiError(401, "missing or invalid x-api-key")
         return await handler(*args, **kwargs)
 
     return cast(F, wrapper)
 
 
-def create_app(svc: Service) -> QuartTrio:
+def create_app(svc: Pipeline) -> QuartTrio:
     """The app serving ``svc``'s API."""
     from mailpipe.http import api, docs, events, feedback, probes, suppressions
 

@@ -27,7 +27,7 @@ from quart import Blueprint, Response, request
 from werkzeug.urls import iri_to_uri
 
 from mailpipe.errors import StoreError
-from mailpipe.http.app import service
+from mailpipe.http.app import pipeline
 from mailpipe.store.tracking import CLICK, OPEN
 from mailpipe.timeutil import utcnow
 
@@ -60,7 +60,7 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 @bp.get("/v1/events/open")
 async def open_pixel() -> Response:
     """The transparent pixel, whatever the token; a valid one records an ``Open``."""
-    svc = service()
+    svc = pipeline()
     raw_id = request.args.get("requestId")
     rid = svc.tokens.check_open(raw_id, request.args.get("t"))
     if _parse_id(raw_id) is None:  # beyond a row id: no request, whatever the token
@@ -73,7 +73,7 @@ async def open_pixel() -> Response:
 @bp.get("/v1/events/click")
 async def click() -> Response:
     """Redirect to the link's signed target and record a ``Click``; a bad link goes nowhere."""
-    svc = service()
+    svc = pipeline()
     raw_id = request.args.get("requestId")
     found = svc.tokens.check_click(raw_id, request.args.get("url"), request.args.get("t"))
     if _parse_id(raw_id) is None:
@@ -120,11 +120,11 @@ async def unsubscribe() -> Response:
     source = "unsubscribe page" if form.get("via") == VIA_PAGE else "one-click"
     raw = json.dumps({"source": source, **_client()})
     try:
-        added = await service().store.unsubscribe(rid, source, raw, utcnow())
+        added = await pipeline().store.unsubscribe(rid, source, raw, utcnow())
     except StoreError as exc:
         log.error("unsubscribe of request %d not stored: %s", rid, exc)
         return _try_again()
-    service().pool.suppressed.add([(to, "unsubscribe")])  # rows claimed already, too
+    pipeline().suppressed([(to, "unsubscribe")])  # rows claimed already, too
     if added:
         log.info("request %d: recipient unsubscribed (%s)", rid, source)
     return _page(200, "Unsubscribed", "You are unsubscribed and will get no more of these emails.")
@@ -133,7 +133,7 @@ async def unsubscribe() -> Response:
 async def _unsubscribe_link() -> tuple[int, str] | Response:
     """The request id and recipient of a genuine unsubscribe link, else the page to answer."""
     raw_id, token = request.args.get("requestId"), request.args.get("t")
-    svc = service()
+    svc = pipeline()
     parsed = _parse_id(raw_id)
     if parsed is None or not token:
         return _invalid_unsubscribe()
@@ -161,7 +161,7 @@ def _parse_id(raw: str | None) -> int | None:
 async def _record(rid: int, status: str, extra: dict[str, str]) -> None:
     raw = json.dumps({**extra, **_client()})
     try:
-        await service().store.record_result(rid, status, raw, utcnow())
+        await pipeline().store.record_result(rid, status, raw, utcnow())
     except StoreError as exc:  # the recipient still gets the image or the redirect
         log.error("%s of request %d not recorded: %s", status, rid, exc)
 

@@ -37,11 +37,11 @@ from mailpipe.feedback import (
     parse_sns,
 )
 from mailpipe.feedback.sns import MAX_BODY_BYTES, NOTIFICATION, SUBSCRIPTION_CONFIRMATION
-from mailpipe.http.app import ApiError, service
+from mailpipe.http.app import ApiError, pipeline
 from mailpipe.timeutil import utcnow
 
 if TYPE_CHECKING:
-    from mailpipe.service import Service
+    from mailpipe.http.facade import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def make_verifier(config: Config, fetch: Callable[[str], bytes]) -> SnsVerifier:
 @bp.post("/v1/events/results")
 async def sns_message() -> dict[str, Any]:
     """Verify an SNS message, then store the SES record or handle the subscription."""
-    return await handle_sns(service(), await _read_body(MAX_BODY_BYTES), request.remote_addr)
+    return await handle_sns(pipeline(), await _read_body(MAX_BODY_BYTES), request.remote_addr)
 
 
-async def handle_sns(svc: Service, body: bytes, remote: str | None) -> dict[str, Any]:
+async def handle_sns(svc: Pipeline, body: bytes, remote: str | None) -> dict[str, Any]:
     """Act on one SNS message body; the JSON answer, or ``ApiError``.
 
     Shared by the Quart route and the ASGI fast path (:class:`SnsFastPath`).
@@ -101,7 +101,7 @@ async def _read_body(limit: int) -> bytes:
     return bytes(body)
 
 
-async def _verified(svc: Service, body: bytes, remote: str | None) -> SnsMessage:
+async def _verified(svc: Pipeline, body: bytes, remote: str | None) -> SnsMessage:
     """The parsed message if SNS signed it for an allowed topic; else ``ApiError``."""
 
     def parse_and_verify() -> SnsMessage:
@@ -130,7 +130,7 @@ async def _verified(svc: Service, body: bytes, remote: str | None) -> SnsMessage
     return msg
 
 
-async def _notification(svc: Service, msg: SnsMessage) -> dict[str, Any]:
+async def _notification(svc: Pipeline, msg: SnsMessage) -> dict[str, Any]:
     text = msg["Message"]
     try:
         if len(text) <= INLINE_BODY_BYTES:
@@ -163,7 +163,7 @@ async def _notification(svc: Service, msg: SnsMessage) -> dict[str, Any]:
         log.error("SNS notification %s not stored (SNS will retry): %s", msg["MessageId"], exc)
         raise ApiError(503, "notification not stored; retry later") from None
     # Rows already claimed for these addresses are stopped before they are handed.
-    svc.pool.suppressed.add(outcome.suppressions)
+    svc.suppressed(outcome.suppressions)
     if outcome.duplicate:
         log.info("SNS notification %s was already stored", msg["MessageId"])
         return {"status": "duplicate"}
@@ -190,7 +190,7 @@ async def _notification(svc: Service, msg: SnsMessage) -> dict[str, Any]:
     }
 
 
-async def _confirm_subscription(svc: Service, msg: SnsMessage) -> dict[str, Any]:
+async def _confirm_subscription(svc: Pipeline, msg: SnsMessage) -> dict[str, Any]:
     topic, url = msg["TopicArn"], msg["SubscribeURL"]
     try:
         check_sns_url(url)
@@ -218,7 +218,7 @@ class SnsFastPath:
 
     PATH: Final = "/v1/events/results"
 
-    def __init__(self, app: Any, svc: Service) -> None:
+    def __init__(self, app: Any, svc: Pipeline) -> None:
         self.app = app
         self.svc = svc
 

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from quart import Blueprint, request
 
-from mailpipe.http.app import ApiError, require_key, service
+from mailpipe.http.app import ApiError, pipeline, require_key
 from mailpipe.model import Suppression
 
 bp = Blueprint("suppressions", __name__)
@@ -36,7 +36,7 @@ async def list_suppressions() -> dict[str, Any]:
     """A page of suppressions, newest first; ``nextCursor`` fetches the next page."""
     limit = _int_arg("limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
     cursor = _int_arg("cursor", 1, 2**63 - 1)
-    page, next_cursor = await service().store.list_suppressions(limit, cursor)
+    page, next_cursor = await pipeline().store.list_suppressions(limit, cursor)
     return {
         "suppressions": [suppression_json(s) for s in page],
         "nextCursor": str(next_cursor) if next_cursor is not None else None,
@@ -47,7 +47,7 @@ async def list_suppressions() -> dict[str, Any]:
 @require_key
 async def get_suppression(email: str) -> dict[str, Any]:
     """The suppression of ``email``; 404 when it is not suppressed."""
-    found = await service().store.get_suppression(_address(email))
+    found = await pipeline().store.get_suppression(_address(email))
     if found is None:
         raise ApiError(404, "address is not suppressed")
     return suppression_json(found)
@@ -57,8 +57,8 @@ async def get_suppression(email: str) -> dict[str, Any]:
 @require_key
 async def delete_suppression(email: str) -> dict[str, Any]:
     """Lift the suppression of ``email`` (later sends reach it); 404 when there is none."""
-    svc = service()
-    svc.pool.suppressed.discard(email)  # even when the store has none: no stale entry
+    svc = pipeline()
+    svc.lifted(email)  # even when the store has none: no stale entry
     if not await svc.store.delete_suppression(_address(email)):
         raise ApiError(404, "address is not suppressed")
     return {"deleted": True}
