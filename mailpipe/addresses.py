@@ -24,6 +24,8 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailpipe.errors import InvalidAddress
+
 _ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _ATOM = rf"[{_ATEXT}]+"
 _LOCAL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
@@ -39,15 +41,6 @@ _PLAIN = (
 """Every byte a list of plain addresses joined by newlines may hold."""
 _NOT_DOT_ATOM = (b"\n@", b"@\n", b"\n.", b".@", b"..")
 """Substrings that mean an empty part or a misplaced dot in some address."""
-
-
-class InvalidAddress(ValueError):
-    """An address that is not valid email syntax; ``reason`` says why."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"invalid email address {address!r}: {reason}")
-        self.address = address
-        self.reason = reason
 
 
 class AddressValidator:

@@ -2,10 +2,21 @@
 
     MailpipeError
      ├── ConfigError            a setting is missing or invalid
-     ├── StoreError             the database failed
+     ├── StoreError             the database failed or is away
      │    └── StoreInUse         another mailpipe holds this SQLite database
-     ├── KeyReused              an Idempotency-Key came back with another body
      ├── LeaseLost              another instance took this instance's claims over
+     ├── RequestInvalid         a send request that cannot be accepted as it is
+     │    └── RequestTooLarge    ... because of its size
+     ├── InvalidAddress         not an email address SES can send to
+     ├── TemplateError          a template cannot be compiled or rendered
+     ├── LimitExceeded          a render went over one of its bounds
+     ├── KeyReused              an Idempotency-Key came back with another body
+     ├── FeedbackError          a text that is not an SES feedback record
+     │    └── TooManyRecipients  an SES record naming more recipients than SES does
+     ├── SnsRejected            an SNS message that is not verifiably from SNS
+     ├── CertUnavailable        an SNS signing certificate cannot be had now
+     │    └── CertNotFound       ... because SNS says it does not exist
+     ├── ApiError               an HTTP answer a handler gives (it has a status)
      └── SendError              a transport could not hand a message to SES
           ├── Throttled          SES refused for rate: retry later, slow down
           ├── TransientSendError temporary failure: retry with backoff
@@ -14,6 +25,8 @@
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MailpipeError(Exception):
@@ -67,3 +80,90 @@ class KeyReused(MailpipeError):
 
 class LeaseLost(MailpipeError):
     """This instance missed its heartbeat so long that others took its claimed rows."""
+
+
+class RequestInvalid(MailpipeError):
+    """A send request that cannot be accepted as it is; the message says where and why."""
+
+
+class RequestTooLarge(RequestInvalid):
+    """A send request over a size limit (recipients, bytes)."""
+
+
+class InvalidAddress(MailpipeError):
+    """An address that is not valid email syntax; ``reason`` says why."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"invalid email address {address!r}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class TemplateError(MailpipeError):
+    """A template cannot be compiled or rendered.
+
+    ``field`` is ``"subject"``, ``"content"`` (the HTML) or ``"text"``;
+    ``recipient`` is set when the failure is specific to one recipient's data.
+    """
+
+    def __init__(self, field: str, detail: str, *, recipient: str | None = None) -> None:
+        where = f"recipient {recipient}: {field}" if recipient is not None else field
+        super().__init__(f"{where}: {detail}")
+        self.field = field
+        self.detail = detail
+        self.recipient = recipient
+
+    def for_recipient(self, recipient: str) -> TemplateError:
+        """Return the same error, attributed to ``recipient``."""
+        return TemplateError(self.field, self.detail, recipient=recipient)
+
+
+class LimitExceeded(MailpipeError):
+    """A render went over one of its bounds; the message names the bound."""
+
+    @property
+    def message(self) -> str:
+        """The bound exceeded (what ``TemplateError`` shows)."""
+        return str(self)
+
+
+class FeedbackError(MailpipeError):
+    """A text that is not an SES feedback record at all."""
+
+
+class TooManyRecipients(FeedbackError):
+    """An SES record naming more recipients than ``limit``: refused, not stored."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"SES record names {count} recipients; at most {limit}")
+        self.count = count
+
+
+class SnsRejected(MailpipeError):
+    """An SNS message was refused; ``reason`` is short, specific and safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CertUnavailable(MailpipeError):
+    """The signing certificate could not be obtained now; a retry may succeed."""
+
+
+class CertNotFound(CertUnavailable):
+    """The SNS host answered that the certificate does not exist (403, 404, 410).
+
+    SNS never signs with a certificate it does not serve, so this names a
+    made-up one; ``CertStore`` does not ask for the same name again for a while.
+    """
+
+
+class ApiError(MailpipeError):
+    """An answer a handler gives: ``{"error": message, **extra}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from mailpipe.addresses import AddressValidator, InvalidAddress
+from mailpipe.addresses import AddressValidator
 from mailpipe.content.templates import (
     MAX_SUBJECT,
     Deadline,
@@ -33,6 +33,7 @@ from mailpipe.content.templates import (
     check_recipients,
     compile_message,
 )
+from mailpipe.errors import InvalidAddress, RequestInvalid, RequestTooLarge
 from mailpipe.model import NewMessage
 from mailpipe.timeutil import parse_rfc3339
 
@@ -56,14 +57,6 @@ TOPIC_RULE: Final = (
 _TOPIC_REFUSED = re.compile(r"[/\\?#%\x00-\x1f\x7f-\x9f]")
 _SUBJECT_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-class RequestInvalid(ValueError):
-    """The request cannot be accepted; ``status`` is 400 or 413."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -103,9 +96,8 @@ def parse_send_request(
         if isinstance(m.get(key), list)
     )
     if total > limits.max_recipients:
-        raise RequestInvalid(
-            f"{total} recipients exceed MAX_RECIPIENTS_PER_REQUEST ({limits.max_recipients})",
-            status=413,
+        raise RequestTooLarge(
+            f"{total} recipients exceed MAX_RECIPIENTS_PER_REQUEST ({limits.max_recipients})"
         )
     validator = addresses or AddressValidator()
     seconds = VALIDATION_TIME_S + total * VALIDATION_TIME_PER_RECIPIENT_S

@@ -21,7 +21,7 @@ from mailpipe.config import Config
 from mailpipe.content.tokens import Tokens
 from mailpipe.http.app import create_app
 from mailpipe.http.docs import render_html
-from mailpipe.http.feedback import make_verifier
+from mailpipe.http.feedback import SnsFastPath, make_verifier
 from mailpipe.http.openapi import spec
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -55,7 +55,7 @@ def served_routes(tmp_path: Path) -> set[tuple[str, str]]:
             continue
         path = re.sub(r"<(?:[^:<>]+:)?[^<>]+>", "{}", rule.rule)
         found |= {(method, path) for method in (rule.methods or set()) - IGNORED_METHODS}
-    return found
+    return found | {("POST", SnsFastPath.PATH)}  # served in front of Quart
 
 
 def documented_routes() -> set[tuple[str, str]]:

@@ -29,6 +29,8 @@ from jinja2.compiler import CodeGenerator
 from jinja2.runtime import Context, LoopContext, markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment
 
+from mailpipe.errors import LimitExceeded
+
 __all__ = [
     "MAX_BUILT_CHARS",
     "MAX_LOOP_ITERATIONS",
@@ -77,15 +79,6 @@ _SHORT_FORMAT = 32
 _WIDE_SPEC = re.compile(r"\d{6}|\*")
 _REFUSED_METHODS: Final = frozenset({"translate", "maketrans"})
 _CONTAINERS = (list, tuple, dict, set, frozenset)
-
-
-class LimitExceeded(Exception):
-    """A render went over one of its bounds; the message names the bound."""
-
-    @property
-    def message(self) -> str:
-        """The bound exceeded (what ``TemplateError`` shows)."""
-        return str(self)
 
 
 class Deadline:

@@ -34,7 +34,7 @@ from mailpipe.content.bounded import (
 )
 from mailpipe.content.html import html_to_text
 from mailpipe.content.tokens import Tokens
-from mailpipe.errors import MailpipeError
+from mailpipe.errors import TemplateError
 
 __all__ = [
     "CompiledMessage",
@@ -58,25 +58,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _PROBE_BASE = "http://localhost:3000"
 _PROBE_REQUEST_ID = 1_048_576
 """A request id of the size real ones have early on (an id is only known once stored)."""
-
-
-class TemplateError(MailpipeError):
-    """A template cannot be compiled or rendered.
-
-    ``field`` is ``"subject"``, ``"content"`` (the HTML) or ``"text"``;
-    ``recipient`` is set when the failure is specific to one recipient's data.
-    """
-
-    def __init__(self, field: str, detail: str, *, recipient: str | None = None) -> None:
-        where = f"recipient {recipient}: {field}" if recipient is not None else field
-        super().__init__(f"{where}: {detail}")
-        self.field = field
-        self.detail = detail
-        self.recipient = recipient
-
-    def for_recipient(self, recipient: str) -> TemplateError:
-        """Return the same error, attributed to ``recipient``."""
-        return TemplateError(self.field, self.detail, recipient=recipient)
 
 
 @dataclass(frozen=True, slots=True)

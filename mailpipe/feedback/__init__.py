@@ -1,18 +1,16 @@
 """SES feedback delivered over SNS: verify the SNS envelope, then read the SES record."""
 
-from mailpipe.feedback.ses_events import (
-    MAX_RECIPIENTS,
-    FeedbackError,
-    SesEvent,
-    TooManyRecipients,
-    parse_ses_event,
-)
-from mailpipe.feedback.sns import (
+from mailpipe.errors import (
     CertNotFound,
-    CertStore,
     CertUnavailable,
-    SnsMessage,
+    FeedbackError,
     SnsRejected,
+    TooManyRecipients,
+)
+from mailpipe.feedback.ses_events import MAX_RECIPIENTS, SesEvent, parse_ses_event
+from mailpipe.feedback.sns import (
+    CertStore,
+    SnsMessage,
     SnsVerifier,
     check_cert_url,
     check_sns_url,

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from mailpipe.errors import MailpipeError
+from mailpipe.errors import FeedbackError, TooManyRecipients
 
 BOUNCE: Final = "Bounce"
 COMPLAINT: Final = "Complaint"
@@ -53,18 +53,6 @@ _RECIPIENT_LIST: Final = {
 _REQUEST_ID: Final = re.compile(r"[0-9]{1,18}")
 MAX_RECIPIENTS: Final = 50
 """Recipients one SES record may name (SES names at most 50, one per destination)."""
-
-
-class FeedbackError(MailpipeError):
-    """A text that is not an SES feedback record at all."""
-
-
-class TooManyRecipients(MailpipeError):
-    """An SES record naming more than :data:`MAX_RECIPIENTS` recipients: refused, not stored."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(f"SES record names {count} recipients; at most {MAX_RECIPIENTS}")
-        self.count = count
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +137,7 @@ def _recipients(event_type: str, payload: dict[str, Any], mail: dict[str, Any]) 
 
 def _check_count(recipients: list[Any]) -> None:
     if len(recipients) > MAX_RECIPIENTS:
-        raise TooManyRecipients(len(recipients))
+        raise TooManyRecipients(len(recipients), MAX_RECIPIENTS)
 
 
 def _request_id(mail: dict[str, Any]) -> int | None:

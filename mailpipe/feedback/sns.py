@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from mailpipe.errors import MailpipeError
+from mailpipe.errors import CertNotFound, CertUnavailable, SnsRejected
 from mailpipe.timeutil import parse_rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -83,26 +83,6 @@ _REGION: Final = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
 _SNS_NETLOC: Final = re.compile(rf"(sns\.{_REGION}\.amazonaws\.com(?:\.cn)?)(?::443)?")
 _CERT_PATH: Final = re.compile(r"/(SimpleNotificationService-[A-Za-z0-9]{1,128}\.pem)")
 _URL: Final = re.compile(r"https://([^/?#]*)([^?#]*)(\?[^#]*)?(#.*)?")
-
-
-class SnsRejected(MailpipeError):
-    """An SNS message was refused; ``reason`` is short, specific and safe to log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class CertUnavailable(MailpipeError):
-    """The signing certificate could not be obtained now; a retry may succeed."""
-
-
-class CertNotFound(CertUnavailable):
-    """The SNS host answered that the certificate does not exist (403, 404, 410).
-
-    SNS never signs with a certificate it does not serve, so this names a
-    made-up one; ``CertStore`` does not ask for the same name again for a while.
-    """
 
 
 def parse_sns(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> SnsMessage:

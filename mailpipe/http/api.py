@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -15,9 +15,9 @@ import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from mailpipe.content.templates import probe_links
-from mailpipe.errors import KeyReused
-from mailpipe.http.app import ApiError, pipeline, require_key
-from mailpipe.ingest import Limits, RequestInvalid, parse_send_request
+from mailpipe.errors import ApiError
+from mailpipe.http.app import pipeline, require_key
+from mailpipe.ingest import Limits, parse_send_request
 from mailpipe.memory import trim
 from mailpipe.model import IdempotencyKey
 from mailpipe.status import STAT_NAMES
@@ -54,7 +54,7 @@ async def post_messages() -> Response | dict[str, Any]:
     assert isinstance(body, bytes)
     key = await _idempotency_key(body, started)
     if key is not None:
-        earlier = await _earlier(svc.store.idempotent_answer(key, utcnow()))
+        earlier = await svc.store.idempotent_answer(key, utcnow())
         if earlier is not None:
             return _replay(earlier)
     limits = Limits(max_recipients=svc.config.max_recipients_per_request)
@@ -63,11 +63,9 @@ async def post_messages() -> Response | dict[str, Any]:
     validate = partial(
         parse_send_request, body, limits, svc.addresses, cancelled=cancelled, links=links
     )
-    try:
-        messages = await run_stoppable(validate, cancelled, svc.cpu_limiter)
-    except RequestInvalid as exc:
-        raise ApiError(exc.status, str(exc)) from None
-    result = await _earlier(svc.accept(messages, key))
+    # RequestInvalid (400/413) and KeyReused (409) are answered by error_response().
+    messages = await run_stoppable(validate, cancelled, svc.cpu_limiter)
+    result = await svc.accept(messages, key)
     if result.replayed:  # an identical request won the race while this one was validated
         assert result.answer is not None
         return _replay(result.answer)
@@ -116,13 +114,6 @@ async def _idempotency_key(body: bytes, started: float) -> IdempotencyKey | None
         )
     digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(body).hexdigest())
     return IdempotencyKey(raw, digest, partial(_accepted, started=started))
-
-
-async def _earlier(pending: Awaitable[T]) -> T:
-    try:
-        return await pending
-    except KeyReused as exc:
-        raise ApiError(409, str(exc)) from None
 
 
 def _replay(answer: dict[str, Any]) -> Response:

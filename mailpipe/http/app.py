@@ -6,14 +6,20 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from quart import Response, current_app, jsonify, request
 from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from mailpipe.errors import StoreError
+from mailpipe.errors import (
+    ApiError,
+    KeyReused,
+    RequestInvalid,
+    RequestTooLarge,
+    StoreError,
+)
 from mailpipe.http.drain import DrainUnreadBody
 
 if TYPE_CHECKING:
@@ -24,14 +30,52 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
+STATUS: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (RequestTooLarge, 413),
+    (RequestInvalid, 400),
+    (KeyReused, 409),
+    (StoreError, 503),
+)
+"""The HTTP status of each error a handler lets through (the first match wins);
+:class:`ApiError` carries its own, anything else is a 500."""
+HTTP_MESSAGES: Final = {
+    404: "not found",
+    405: "method not allowed",
+    413: "request body too large (MAX_BODY_BYTES)",
+}
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+"""(status, JSON body, extra headers)."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
+
+def error_response(exc: Exception, where: str = "") -> Answer:
+    """The one answer to ``exc``, for Quart's handlers and the ASGI fast path alike.
+
+    Server faults are logged here, once: a failing store briefly (it is an
+    outage, named in the answer), anything unexpected with its traceback.
+    """
+    if isinstance(exc, ApiError):
+        return exc.status, {"error": exc.message, **exc.extra}, {}
+    if isinstance(exc, HTTPException):
+        code = exc.code or 500
+        return code, {"error": HTTP_MESSAGES.get(code, exc.description or exc.name)}, {}
+    status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
+    if status == 503:
+        # The database is away or full: a fault of the moment, not of the
+        # request. Nothing was stored; the client may try again.
+        log.error("%s: %s", where, exc)
+        body = {"error": f"storage unavailable, nothing was stored: {exc}"}
+        return 503, body, {"Retry-After": "1"}
+    if status == 500:
+        log.error("unhandled error in %s", where, exc_info=exc)
+        return 500, {"error": "internal error"}, {}
+    return status, {"error": str(exc)}, {}
+
+
+def _quart_response(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
 
 
 def pipeline() -> Pipeline:
@@ -54,7 +98,7 @@ def require_key(handler: F) -> F:
 
 def create_app(svc: Pipeline) -> QuartTrio:
     """The app serving ``svc``'s API."""
-    from mailpipe.http import api, docs, events, feedback, probes, suppressions
+    from mailpipe.http import api, docs, events, probes, suppressions
 
     app = QuartTrio("mailpipe")
     app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
@@ -65,46 +109,18 @@ def create_app(svc: Pipeline) -> QuartTrio:
     app.extensions["mailpipe"] = svc
     app.register_blueprint(api.bp)
     app.register_blueprint(probes.bp)
-    app.register_blueprint(feedback.bp)
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(docs.bp)
     # Every early answer (401, 404, 405, 413, ...) drains or closes its connection.
     app.asgi_app = cast(Any, DrainUnreadBody(app.asgi_app))  # type: ignore[method-assign]
 
-    @app.errorhandler(ApiError)
-    async def api_error(exc: ApiError) -> Response:
-        response = jsonify({"error": exc.message, **exc.extra})
-        response.status_code = exc.status
-        return response
-
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        code = exc.code or 500
-        message = {
-            404: "not found",
-            405: "method not allowed",
-            413: "request body too large (MAX_BODY_BYTES)",
-        }.get(code, exc.description or exc.name)
-        response = jsonify({"error": message})
-        response.status_code = code
-        return response
-
-    @app.errorhandler(StoreError)
-    async def store_error(exc: StoreError) -> Response:
-        # The database is away or full: a fault of the moment, not of the
-        # request. Nothing was stored; the client may try again.
-        log.error("%s %s: %s", request.method, request.path, exc)
-        response = jsonify({"error": f"storage unavailable, nothing was stored: {exc}"})
-        response.status_code = 503
-        response.headers["Retry-After"] = "1"
-        return response
+        return _quart_response(*error_response(exc))
 
     @app.errorhandler(Exception)
-    async def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        response = jsonify({"error": "internal error"})
-        response.status_code = 500
-        return response
+    async def any_error(exc: Exception) -> Response:
+        return _quart_response(*error_response(exc, f"{request.method} {request.path}"))
 
     return app

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from quart import Blueprint, request
 
 from mailpipe.config import Config
-from mailpipe.errors import StoreError
+from mailpipe.errors import ApiError, StoreError
 from mailpipe.feedback import (
     MAX_RECIPIENTS,
     CertStore,
@@ -37,7 +35,7 @@ from mailpipe.feedback import (
     parse_sns,
 )
 from mailpipe.feedback.sns import MAX_BODY_BYTES, NOTIFICATION, SUBSCRIPTION_CONFIRMATION
-from mailpipe.http.app import ApiError, pipeline
+from mailpipe.http.app import error_response
 from mailpipe.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("feedback", __name__)
 
 INLINE_BODY_BYTES: Final = 64 * 1024
 """Bodies up to this size are parsed and verified on the event loop (if the key is cached)."""
@@ -63,16 +60,11 @@ def make_verifier(config: Config, fetch: Callable[[str], bytes]) -> SnsVerifier:
     return SnsVerifier(config.sns_topic_arns, CertStore(config.sns_cert_cache_dir, fetch))
 
 
-@bp.post("/v1/events/results")
-async def sns_message() -> dict[str, Any]:
-    """Verify an SNS message, then store the SES record or handle the subscription."""
-    return await handle_sns(pipeline(), await _read_body(MAX_BODY_BYTES), request.remote_addr)
-
-
 async def handle_sns(svc: Pipeline, body: bytes, remote: str | None) -> dict[str, Any]:
     """Act on one SNS message body; the JSON answer, or ``ApiError``.
 
-    Shared by the Quart route and the ASGI fast path (:class:`SnsFastPath`).
+    Served by the ASGI fast path (:class:`SnsFastPath`), which takes every
+    ``POST /v1/events/results`` before Quart would see it.
     """
     msg = await _verified(svc, body, remote)
     if msg["Type"] == NOTIFICATION:
@@ -84,21 +76,6 @@ async def handle_sns(svc: Pipeline, body: bytes, remote: str | None) -> dict[str
         msg["TopicArn"],
     )
     return {"status": "unsubscribed"}
-
-
-async def _read_body(limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes and 408 when too slow."""
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"SNS message over {limit} bytes")
-    body = bytearray()
-    with trio.move_on_after(request.body_timeout or math.inf) as scope:
-        async for chunk in request.body:
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"SNS message over {limit} bytes")
-    if scope.cancelled_caught:
-        raise ApiError(408, "request body not received in time")
-    return bytes(body)
 
 
 async def _verified(svc: Pipeline, body: bytes, remote: str | None) -> SnsMessage:
@@ -212,8 +189,8 @@ class SnsFastPath:
     SES feedback arrives in bursts of small POSTs. Quart's request machinery
     (context, routing, body streaming) cost more than verifying and storing a
     notification, so this path reads the body straight from ASGI and answers
-    with the same :func:`handle_sns` as the route, which stays for the
-    OpenAPI document and as the reference.
+    with :func:`handle_sns`; its answers, errors included, are those of
+    :func:`~mailpipe.http.app.error_response`, as Quart's are.
     """
 
     PATH: Final = "/v1/events/results"
@@ -228,17 +205,16 @@ class SnsFastPath:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
+        extra: dict[str, str] = {}
         try:
             body = await _receive_body(receive, MAX_BODY_BYTES)
             status, answer = 200, await handle_sns(self.svc, body, client[0] if client else None)
-        except ApiError as exc:
-            status, answer = exc.status, {"error": exc.message, **exc.extra}
-        except Exception:
-            log.exception("unhandled error in POST %s", self.PATH)
-            status, answer = 500, {"error": "internal error"}
+        except Exception as exc:
+            status, answer, extra = error_response(exc, f"POST {self.PATH}")
         payload = json.dumps(answer).encode()
         headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(payload)).encode())]
+                   (b"content-length", str(len(payload)).encode()),
+                   *((k.lower().encode(), v.encode()) for k, v in extra.items())]
         if status in (408, 413):  # the body was not read to the end
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -9,7 +9,8 @@ from typing import Any, Final
 
 from quart import Blueprint, request
 
-from mailpipe.http.app import ApiError, pipeline, require_key
+from mailpipe.errors import ApiError
+from mailpipe.http.app import pipeline, require_key
 from mailpipe.model import Suppression
 
 bp = Blueprint("suppressions", __name__)
