@@ -24,6 +24,11 @@ def from_db(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
+def to_json(moment: datetime) -> str:
+    """``moment`` as the API shows times: RFC 3339 in UTC with a ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def parse_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 timestamp with an explicit offset; ``ValueError`` otherwise."""
     if len(text) < 20 or text[10] not in "Tt ":

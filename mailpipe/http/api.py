@@ -22,7 +22,7 @@ from mailpipe.memory import trim
 from mailpipe.model import IdempotencyKey
 from mailpipe.status import STAT_NAMES
 from mailpipe.store import CHECKPOINT_AFTER_ROWS, TopicStats
-from mailpipe.timeutil import utcnow
+from mailpipe.timeutil import to_json, utcnow
 
 bp = Blueprint("api", __name__)
 
@@ -158,4 +158,4 @@ async def sent_count() -> dict[str, Any]:
         raise ApiError(400, f"hours must be from 1 to 168, not {hours}")
     since = utcnow() - timedelta(hours=hours)
     count = await pipeline().store.count_sent_since(since)
-    return {"count": count, "hours": hours, "since": since.isoformat().replace("+00:00", "Z")}
+    return {"count": count, "hours": hours, "since": to_json(since)}

@@ -29,7 +29,7 @@ from werkzeug.urls import iri_to_uri
 from mailpipe.errors import StoreError
 from mailpipe.http.app import pipeline
 from mailpipe.store.tracking import CLICK, OPEN
-from mailpipe.timeutil import utcnow
+from mailpipe.timeutil import to_json, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ async def _record(rid: int, status: str, extra: dict[str, str]) -> None:
 def _client() -> dict[str, str]:
     return {
         "userAgent": request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
-        "time": utcnow().isoformat().replace("+00:00", "Z"),
+        "time": to_json(utcnow()),
     }
 
 

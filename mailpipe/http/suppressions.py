@@ -12,6 +12,7 @@ from quart import Blueprint, request
 from mailpipe.errors import ApiError
 from mailpipe.http.app import pipeline, require_key
 from mailpipe.model import Suppression
+from mailpipe.timeutil import to_json
 
 bp = Blueprint("suppressions", __name__)
 
@@ -27,7 +28,7 @@ def suppression_json(s: Suppression) -> dict[str, Any]:
         "reason": s.reason,
         "source": s.source,
         "requestId": s.request_id,
-        "createdAt": s.created_at.isoformat().replace("+00:00", "Z"),
+        "createdAt": to_json(s.created_at),
     }
 
 
