@@ -99,7 +99,7 @@ def test_three_instances_share_one_exact_rate(tmp_path: Path, pg_url: str) -> No
 def test_kill_9_of_one_instance_its_rows_move_on(tmp_path: Path, pg_url: str) -> None:
     emails = [f"k{i}@example.com" for i in range(4000)]
     max_concurrent = 20
-    ses = Fake("--latency", "0.05")
+    ses = Fake("--latency-ms", "50")
     env = {"DATABASE_URL": pg_url, "EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 200,
            "MAX_CONCURRENT": max_concurrent, "AWS_ENDPOINT_URL_SESV2": ses.url}
     services = [start(tmp_path, f"k{n}", env) for n in range(3)]
@@ -135,7 +135,7 @@ def test_sigterm_of_one_instance_gives_its_rows_back_at_once(
     tmp_path: Path, pg_url: str
 ) -> None:
     emails = [f"t{i}@example.com" for i in range(600)]
-    ses = Fake("--latency", "0.05")
+    ses = Fake("--latency-ms", "50")
     env = {"DATABASE_URL": pg_url, "EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 50,
            "AWS_ENDPOINT_URL_SESV2": ses.url}
     first, second = start(tmp_path, "a", env), start(tmp_path, "b", env)
@@ -201,13 +201,36 @@ def test_stop_and_suppression_reach_rows_claimed_by_another_instance(
     assert error in ("suppressed: unsubscribe", "stopped")
 
 
+def test_a_paused_account_pauses_every_instance(tmp_path: Path, pg_url: str) -> None:
+    ses = Fake()
+    env = {"DATABASE_URL": pg_url, "EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 50,
+           "AWS_ENDPOINT_URL_SESV2": ses.url, "PAUSE_PROBE_S": 1}
+    a, b = start(tmp_path, "a", env), start(tmp_path, "b", env)
+    try:
+        ses.configure(paused=True)
+        assert a.post("pause", ["p1@example.com"]).status_code == 200
+        # Whichever instance called SES, both stop sending and say why.
+        for svc in (a, b):
+            wait_until(lambda s=svc: s.client.get("/ready").status_code == 503, timeout=15)
+            assert "paused" in svc.client.get("/ready").json()["status"]
+        ses.configure(paused=False)
+        for svc in (a, b):
+            wait_until(lambda s=svc: s.client.get("/ready").status_code == 200, timeout=15)
+        wait_until(lambda: a.stats("pause")["sent"] == 1, timeout=15)
+        received = ses.received()
+    finally:
+        stop_all(a, b)
+        ses.close()
+    assert [m["to"][0] for m in received] == ["p1@example.com"]
+
+
 def test_postgres_restart_mid_send_loses_nothing_and_answers_503(
     tmp_path: Path, pg_url: str
 ) -> None:
     if not Path("/usr/bin/pg_ctlcluster").exists():
         pytest.skip("pg_ctlcluster is not installed: cannot restart the server")
     emails = [f"p{i}@example.com" for i in range(2000)]
-    ses = Fake("--latency", "0.02")
+    ses = Fake("--latency-ms", "20")
     env = {"DATABASE_URL": pg_url, "EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 200,
            "AWS_ENDPOINT_URL_SESV2": ses.url}
     svc = start(tmp_path, "p", env)
