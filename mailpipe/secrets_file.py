@@ -64,10 +64,7 @@ def _publish(path: Path, secret: str) -> bool:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secret + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(fd, secret)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -84,11 +81,16 @@ def _create_exclusive(path: Path, secret: str) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
     except FileExistsError:
         return False
+    _write_synced(fd, secret)
+    return True
+
+
+def _write_synced(fd: int, secret: str) -> None:
+    """Write ``secret`` and a newline to ``fd``, on disk before this returns; closes ``fd``."""
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(secret + "\n")
         f.flush()
         os.fsync(f.fileno())
-    return True
 
 
 def replace_secret_file(path: Path, secret: str) -> None:
@@ -96,10 +98,7 @@ def replace_secret_file(path: Path, secret: str) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secret + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(fd, secret)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
