@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from functools import partial
 from typing import Any
 
@@ -20,6 +19,7 @@ from mailpipe.content.prepared import PreparedContent
 from mailpipe.content.templates import TemplateError
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import PermanentSendError
+from mailpipe.lru import BoundedCache
 from mailpipe.model import Content
 from mailpipe.pipeline.jobs import Job
 from mailpipe.transport import Email, request_headers, request_tags
@@ -42,7 +42,7 @@ class Composer:
         self.sender = sender
         self.tokens = tokens
         self.base_url = base_url
-        self._prepared: OrderedDict[int, PreparedContent] = OrderedDict()
+        self._prepared: BoundedCache[int, PreparedContent] = BoundedCache(PREPARED_CACHE)
         self._lock = threading.Lock()
 
     def compose(self, job: Job) -> Email:
@@ -93,9 +93,7 @@ class Composer:
             track_clicks=tracking and content.track_clicks,
         )
         with self._lock:
-            self._prepared[content.id] = prepared
-            while len(self._prepared) > PREPARED_CACHE:
-                self._prepared.popitem(last=False)
+            self._prepared.put(content.id, prepared)
         return prepared
 
 

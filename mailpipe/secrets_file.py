@@ -12,8 +12,6 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from mailpipe.errors import ConfigError
@@ -63,7 +61,10 @@ def _read(path: Path) -> str:
 
 def _publish(path: Path, secret: str) -> bool:
     """Write ``secret`` to ``path`` unless it exists; False if it already did."""
-    with _written(path, secret) as tmp:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
+    try:
+        _write_synced(fd, secret)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -71,6 +72,8 @@ def _publish(path: Path, secret: str) -> bool:
         except OSError:  # file system without hard links: exclusive create instead
             return _create_exclusive(path, secret)
         return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _create_exclusive(path: Path, secret: str) -> bool:
@@ -78,29 +81,24 @@ def _create_exclusive(path: Path, secret: str) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
     except FileExistsError:
         return False
-    _write(fd, secret)
+    _write_synced(fd, secret)
     return True
 
 
-def replace_secret_file(path: Path, secret: str) -> None:
-    """Write ``secret`` to ``path`` (mode 0600), replacing what was there atomically."""
-    with _written(path, secret) as tmp:
-        os.replace(tmp, path)
-
-
-@contextmanager
-def _written(path: Path, secret: str) -> Iterator[Path]:
-    """A temporary file beside ``path`` holding ``secret`` on disk; removed afterwards."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    _write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE), secret)
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write(fd: int, secret: str) -> None:
+def _write_synced(fd: int, secret: str) -> None:
+    """Write ``secret`` and a newline to ``fd``, on disk before this returns; closes ``fd``."""
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(secret + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_secret_file(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path`` (mode 0600), replacing what was there atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
+    try:
+        _write_synced(fd, secret)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from mailpipe.errors import CertNotFound, CertUnavailable, SnsRejected
+from mailpipe.lru import BoundedCache
 from mailpipe.timeutil import parse_rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -229,14 +230,13 @@ class CertStore:
     ) -> None:
         self.cache_dir = cache_dir
         self._fetch = fetch
-        self._max_keys = max_keys
         self._retry_after = retry_after
         self._clock = clock
-        self._failed: dict[str, float] = {}
+        self._failed: BoundedCache[str, float] = BoundedCache(MAX_FAILED_NAMES)
         """When SNS last said each ``host/name`` does not exist: anyone may
         post a message naming a made-up certificate, and each must not cost a fetch."""
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._by_url: dict[str, rsa.RSAPublicKey] = {}
+        self._keys: BoundedCache[str, rsa.RSAPublicKey] = BoundedCache(max_keys)
+        self._by_url: BoundedCache[str, rsa.RSAPublicKey] = BoundedCache(max_keys)
         """Keys by the exact URL that passed the checks (read without the lock:
         a dict lookup is atomic, and entries are only ever whole)."""
         self._lock = threading.Lock()
@@ -270,12 +270,8 @@ class CertStore:
             key = self._load(host, name)
         with self._lock:
             if name not in self._keys:
-                if len(self._keys) >= self._max_keys:
-                    del self._keys[next(iter(self._keys))]
-                self._keys[name] = key
-            if len(self._by_url) >= self._max_keys:
-                del self._by_url[next(iter(self._by_url))]
-            self._by_url[url] = key
+                self._keys.put(name, key)
+            self._by_url.put(url, key)
         return key
 
     def _load(self, host: str, name: str) -> rsa.RSAPublicKey:
@@ -301,10 +297,7 @@ class CertStore:
             pem = self._fetch(f"https://{host}/{name}")
         except CertNotFound:  # not a transient failure: SNS's retries must not wait
             with self._lock:
-                self._failed.pop(where, None)
-                self._failed[where] = self._clock()
-                while len(self._failed) > MAX_FAILED_NAMES:
-                    del self._failed[next(iter(self._failed))]
+                self._failed.put(where, self._clock())
             raise
         key = _public_key(pem, name)
         self._write(path, pem)

@@ -10,13 +10,13 @@ arrives, or ``poll`` seconds pass, whichever is first.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import trio
 
 from mailpipe.errors import StoreError
+from mailpipe.lru import BoundedCache
 from mailpipe.model import Content
 from mailpipe.pipeline.jobs import Backlog, Job
 from mailpipe.pipeline.pause import PauseGate
@@ -54,8 +54,9 @@ class Scheduler:
         self._poll = poll
         self._now = now
         self._wake = trio.Event()
-        self._contents: OrderedDict[int, Content] = OrderedDict()
-        self._cached_bytes = 0
+        self._contents: BoundedCache[int, Content] = BoundedCache(
+            CONTENT_CACHE, max_weight=CONTENT_CACHE_BYTES, weigh=_content_bytes
+        )
         self._scope = trio.CancelScope()
         self.chunk = chunk
         self.backlog = backlog or Backlog()
@@ -136,16 +137,15 @@ class Scheduler:
         return min(self._poll, max(0.0, (due - self._now()).total_seconds()))
 
     async def _load(self, ids: Iterable[int]) -> dict[int, Content]:
-        found = {i: self._contents[i] for i in ids if i in self._contents}
+        found = {i: c for i in ids if (c := self._contents.get(i)) is not None}
         missing = [i for i in ids if i not in found]
         if missing:
             loaded = await self._store.load_contents(missing)
             found.update(loaded)
-            self._contents.update(loaded)
-            self._cached_bytes += sum(len(c.html) + len(c.subject) for c in loaded.values())
-            while len(self._contents) > CONTENT_CACHE or (
-                self._cached_bytes > CONTENT_CACHE_BYTES and len(self._contents) > 1
-            ):
-                _, old = self._contents.popitem(last=False)
-                self._cached_bytes -= len(old.html) + len(old.subject)
+            for i, content in loaded.items():
+                self._contents.put(i, content)
         return found
+
+
+def _content_bytes(content: Content) -> int:
+    return len(content.html) + len(content.subject)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from functools import partial
 from typing import Final
 
 import trio
 
+from mailpipe.lru import BoundedCache
 from mailpipe.pipeline.limiter import MARGIN, Permit, RateLimiter
 from mailpipe.store.base import Cluster
 
@@ -44,7 +45,7 @@ class SharedRateLimiter:
         self._late: deque[tuple[float, int, float]] = deque()
         self._succeeded = 0
         self._throttled = False
-        self._starts: OrderedDict[float, float] = OrderedDict()
+        self._starts: BoundedCache[float, float] = BoundedCache(REMEMBERED_STARTS)
         """Trio start of a recent reservation → its database start."""
 
     @property
@@ -77,9 +78,7 @@ class SharedRateLimiter:
             raise
         self._offset = offset
         start = start_db + offset + (trio.current_time() - time.perf_counter())
-        self._starts[start] = start_db
-        while len(self._starts) > REMEMBERED_STARTS:
-            self._starts.popitem(last=False)
+        self._starts.put(start, start_db)
         return Permit(start, partial(self.left_late, start, k))
 
     def _reserve(

@@ -7,8 +7,9 @@ the process runs: both can come after a request was claimed.
 from __future__ import annotations
 
 import string
-from collections import OrderedDict
 from collections.abc import Iterable
+
+from mailpipe.lru import BoundedCache
 
 MAX_TOPICS = 100_000
 MAX_ADDRESSES = 100_000
@@ -22,18 +23,15 @@ class TopicStops:
     """
 
     def __init__(self) -> None:
-        self._upto: OrderedDict[str, int] = OrderedDict()
+        self._upto: BoundedCache[str, int] = BoundedCache(MAX_TOPICS)
 
     def stop(self, topic_id: str, upto_request_id: int) -> None:
         """Stop every request of ``topic_id`` with id up to ``upto_request_id``."""
-        self._upto[topic_id] = max(upto_request_id, self._upto.get(topic_id, 0))
-        self._upto.move_to_end(topic_id)
-        while len(self._upto) > MAX_TOPICS:
-            self._upto.popitem(last=False)
+        self._upto.put(topic_id, max(upto_request_id, self._upto.get(topic_id) or 0))
 
     def items(self) -> list[tuple[str, int]]:
         """Every stop: (topic id, highest request id it covers)."""
-        return list(self._upto.items())
+        return self._upto.items()
 
     def stopped(self, topic_id: str, request_id: int) -> bool:
         """Whether the request was stopped."""
@@ -52,21 +50,18 @@ class RecentSuppressions:
     """
 
     def __init__(self, max_addresses: int = MAX_ADDRESSES) -> None:
-        self._reasons: OrderedDict[str, str] = OrderedDict()
-        self._max = max_addresses
+        self._reasons: BoundedCache[str, str] = BoundedCache(max_addresses)
 
     def add(self, suppressions: Iterable[tuple[str, str]]) -> None:
         """Remember each (address, reason); an address keeps its first reason."""
         for address, reason in suppressions:
             key = _key(address)
-            self._reasons.setdefault(key, reason)
-            self._reasons.move_to_end(key)
-            while len(self._reasons) > self._max:
-                self._reasons.popitem(last=False)
+            kept = self._reasons.get(key)
+            self._reasons.put(key, reason if kept is None else kept)
 
     def discard(self, address: str) -> None:
         """Forget ``address`` (its suppression was lifted)."""
-        self._reasons.pop(_key(address), None)
+        self._reasons.pop(_key(address))
 
     def reason(self, address: str) -> str | None:
         """Why ``address`` was suppressed, or None."""

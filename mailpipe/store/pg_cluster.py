@@ -28,6 +28,7 @@ import trio
 
 from mailpipe.errors import LeaseLost
 from mailpipe.model import Recovery
+from mailpipe.status import Status
 from mailpipe.store.base import ClusterEvent
 from mailpipe.store.pg_pool import CONNECT_TIMEOUT_S, Conn, PgPool, configure_session
 
@@ -47,6 +48,23 @@ COVERED_BY_STOP: Final = (
     "EXISTS (SELECT 1 FROM topic_stops s WHERE s.topic_id = r.topic_id AND r.id <= s.upto_id)"
 )
 """SQL: the request ``r`` is covered by a stored stop of its topic."""
+
+# Status codes are interpolated, not bound: the partial index ``WHERE status = 1``
+# (rows by owner) serves a query only when it names the same constant.
+_HELD_BY: Final = f"r.status = {Status.PROCESSING:d} AND r.owner = %s"
+_CREATED_OR_HELD_BY: Final = f"(r.status = {Status.CREATED:d} OR ({_HELD_BY}))"
+_STOP_TOPIC_ROWS: Final = (
+    f"UPDATE email_requests r SET status = {Status.STOPPED:d}, error = 'stopped', updated_at = %s"
+    " WHERE r.topic_id = %s AND r.id <= %s AND r.id <> ALL(%s) AND "
+)
+_SETTLE_STOPPED: Final = (
+    f"UPDATE email_requests r SET status = {Status.STOPPED:d}, error = 'stopped', owner = NULL,"
+    f" updated_at = %s WHERE r.status = {Status.PROCESSING:d} AND "
+)
+_SETTLE_REQUEUED: Final = (
+    f"UPDATE email_requests r SET status = {Status.CREATED:d}, owner = NULL, updated_at = %s"
+    f" WHERE r.status = {Status.PROCESSING:d} AND "
+)
 
 
 def publish_in(conn: Conn, kind: str, payload: dict[str, Any]) -> None:
@@ -70,13 +88,8 @@ def stop_rows(
 ) -> int:
     """Move the topic's PROCESSING rows held by ``owner`` (and, with ``created_too``,
     its CREATED rows), ids up to ``upto`` and not in ``exclude``, to STOPPED; how many."""
-    which = "(r.status = 0 OR (r.status = 1 AND r.owner = %s))" if created_too else (
-        "r.status = 1 AND r.owner = %s"
-    )
-    sql: LiteralString = (
-        "UPDATE email_requests r SET status = 4, error = 'stopped', updated_at = %s"
-        " WHERE r.topic_id = %s AND r.id <= %s AND r.id <> ALL(%s) AND " + which
-    )
+    which = _CREATED_OR_HELD_BY if created_too else _HELD_BY
+    sql: LiteralString = _STOP_TOPIC_ROWS + which
     return conn.execute(sql, (now, topic_id, upto, list(exclude), owner)).rowcount
 
 
@@ -84,13 +97,11 @@ def settle(conn: Conn, held: LiteralString, params: Sequence[object], now: datet
     """Take back the PROCESSING rows ``r`` the SQL condition ``held`` selects: those a
     stored stop covers to STOPPED, the rest to CREATED; none keeps an owner."""
     stopped = conn.execute(
-        "UPDATE email_requests r SET status = 4, error = 'stopped', owner = NULL,"
-        " updated_at = %s WHERE r.status = 1 AND " + held + " AND " + COVERED_BY_STOP,
+        _SETTLE_STOPPED + held + " AND " + COVERED_BY_STOP,
         (now, *params),
     ).rowcount
     requeued = conn.execute(
-        "UPDATE email_requests r SET status = 0, owner = NULL, updated_at = %s"
-        " WHERE r.status = 1 AND " + held,
+        _SETTLE_REQUEUED + held,
         (now, *params),
     ).rowcount
     return Recovery(stopped, requeued)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Final
 
 from mailpipe.model import IdempotencyKey, InsertResult, NewMessage
+from mailpipe.status import Status
 from mailpipe.store import pg_feedback as _sql
 from mailpipe.store.pg_pool import Conn
 from mailpipe.timeutil import to_db
@@ -62,7 +63,7 @@ def request_copy_text(
 ) -> Iterator[str]:
     """``msg``'s request rows as ``COPY`` text, in chunks of :data:`COPY_CHUNK_ROWS` rows."""
     head = copy_field(msg.topic_id) + "\t"
-    tail = f"\t{content_id}\t{to_db(when)}\t0\t{to_db(now)}\t{to_db(now)}\t"
+    tail = f"\t{content_id}\t{to_db(when)}\t{Status.CREATED:d}\t{to_db(now)}\t{to_db(now)}\t"
     emails = msg.emails
     for start in range(0, len(emails), COPY_CHUNK_ROWS):
         part = emails[start : start + COPY_CHUNK_ROWS]

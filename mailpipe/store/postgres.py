@@ -60,10 +60,13 @@ STOPS_KEEP: Final = timedelta(days=7)
 PRUNE_EVERY_S: Final = 5.0
 """Seconds between prunes of old events, SNS MessageIds and stops."""
 
+# Status codes are interpolated, not bound: the partial indexes (``WHERE status = 0``
+# and the others) serve a query only when it names the same constant.
 _CLAIM: Final = (
     "WITH claimed AS ("
-    " UPDATE email_requests SET status = 1, owner = %(me)s, updated_at = %(now)s"
-    " WHERE id IN (SELECT id FROM email_requests WHERE status = 0"
+    f" UPDATE email_requests SET status = {Status.PROCESSING:d}, owner = %(me)s,"
+    " updated_at = %(now)s"
+    f" WHERE id IN (SELECT id FROM email_requests WHERE status = {Status.CREATED:d}"
     " AND scheduled_at <= %(now)s AND deleted_at IS NULL ORDER BY id LIMIT %(n)s"
     " FOR UPDATE SKIP LOCKED)"
     # An instance whose lease was taken over claims nothing more.
@@ -73,17 +76,25 @@ _CLAIM: Final = (
     ' LEFT JOIN suppressions s ON s.address = lower(c."to")'
 )
 _STOP_SUPPRESSED: Final = (
-    "UPDATE email_requests r SET status = 4, error = 'suppressed: ' || x.reason,"
+    f"UPDATE email_requests r SET status = {Status.STOPPED:d},"
+    " error = 'suppressed: ' || x.reason,"
     " updated_at = %s FROM unnest(%s::bigint[], %s::text[]) AS x(id, reason) WHERE r.id = x.id"
 )
 _RECORD_OUTCOMES: Final = (
     "UPDATE email_requests r SET status = o.status,"
     " message_id = COALESCE(o.message_id, r.message_id), error = o.error,"
     " attempts = r.attempts + o.attempts, updated_at = %s,"
-    " owner = CASE WHEN o.status = 0 THEN NULL ELSE r.owner END"
+    f" owner = CASE WHEN o.status = {Status.CREATED:d} THEN NULL ELSE r.owner END"
     " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::int[])"
     " AS o(id, status, message_id, error, attempts)"
-    " WHERE r.id = o.id AND r.status = 1 AND r.owner = %s"
+    f" WHERE r.id = o.id AND r.status = {Status.PROCESSING:d} AND r.owner = %s"
+)
+_NEXT_SCHEDULED: Final = (
+    "SELECT min(scheduled_at) FROM email_requests"
+    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
+)
+_COUNT_SENT_SINCE: Final = (
+    f"SELECT count(*) FROM email_requests WHERE status = {Status.SENT:d} AND updated_at >= %s"
 )
 
 
@@ -143,10 +154,7 @@ class PostgresStore:
         """When the earliest CREATED row falls due, or None when there is none."""
 
         def query(conn: Conn) -> datetime | None:
-            row = conn.execute(
-                "SELECT min(scheduled_at) FROM email_requests"
-                " WHERE status = 0 AND deleted_at IS NULL"
-            ).fetchone()
+            row = conn.execute(_NEXT_SCHEDULED).fetchone()
             return row[0].astimezone(UTC) if row and row[0] is not None else None
 
         return await self._pool.run(query)
@@ -265,7 +273,7 @@ class PostgresStore:
 
         def query(conn: Conn) -> int:
             row = conn.execute(
-                "SELECT count(*) FROM email_requests WHERE status = 2 AND updated_at >= %s",
+                _COUNT_SENT_SINCE,
                 (since,),
             ).fetchone()
             return int(row[0]) if row else 0

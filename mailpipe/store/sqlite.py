@@ -52,9 +52,38 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Status codes are interpolated, not bound: the partial indexes (``WHERE status = 0``,
+# ``WHERE status = 2``) serve a query only when it names the same constant.
 _ANY_DUE: Final = (
-    "SELECT 1 FROM email_requests WHERE status = 0 AND scheduled_at <= ?"
+    f"SELECT 1 FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?"
     " AND deleted_at IS NULL LIMIT 1"
+)
+_CLAIM: Final = (
+    f"UPDATE email_requests SET status = {Status.PROCESSING:d}, updated_at = ?1 WHERE id IN ("
+    f" SELECT id FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?1"
+    " AND deleted_at IS NULL ORDER BY id LIMIT ?2)"
+    ' RETURNING id, topic_id, "to", content_id, data, '
+)
+_STOP_SUPPRESSED: Final = (
+    f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ?"
+    " WHERE id = ?"
+)
+_NEXT_SCHEDULED: Final = (
+    "SELECT MIN(scheduled_at) FROM email_requests"
+    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
+)
+_RECORD_OUTCOME: Final = (
+    "UPDATE email_requests SET status = ?, message_id = COALESCE(?, message_id),"
+    " error = ?, attempts = attempts + ?, updated_at = ? WHERE id = ?"
+    f" AND status = {Status.PROCESSING:d}"
+)
+_COUNT_SENT_SINCE: Final = (
+    f"SELECT COUNT(*) FROM email_requests WHERE status = {Status.SENT:d} AND updated_at >= ?"
+)
+_STOP_TOPIC: Final = (
+    f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = 'stopped', updated_at = ?"
+    f" WHERE topic_id = ? AND id <= ? AND status IN ({Status.CREATED:d}, {Status.PROCESSING:d})"
+    " AND id NOT IN (SELECT value FROM json_each(?))"
 )
 CHECKPOINT_AFTER_ROWS: Final = 10_000
 """After an insert of this many requests, call :meth:`SqliteStore.checkpoint` (off the
@@ -73,7 +102,8 @@ batches of 4.8 and saved nothing more."""
 
 _INSERT_REQUESTS: Final = (
     'INSERT INTO email_requests (topic_id, "to", content_id, scheduled_at, status,'
-    " created_at, updated_at, data) SELECT ?1, {to}, ?2, ?3, 0, ?4, ?4, {data} FROM json_each(?5)"
+    " created_at, updated_at, data)"
+    f" SELECT ?1, {{to}}, ?2, ?3, {Status.CREATED:d}, ?4, ?4, {{data}} FROM json_each(?5)"
 )
 _INSERT_ADDRESSES: Final = _INSERT_REQUESTS.format(to="value", data="NULL")
 _INSERT_WITH_DATA: Final = _INSERT_REQUESTS.format(to="value ->> 0", data="value ->> 1")
@@ -93,9 +123,7 @@ def _stop_rows(
     ``exclude``, to STOPPED; how many."""
     # The ids go in as one JSON array: any number of them, one variable.
     return int(conn.execute(
-        "UPDATE email_requests SET status = 4, error = 'stopped', updated_at = ?"
-        " WHERE topic_id = ? AND id <= ? AND status IN (0, 1)"
-        " AND id NOT IN (SELECT value FROM json_each(?))",
+        _STOP_TOPIC,
         (to_db(now), topic_id, upto, json.dumps(list(exclude))),
     ).rowcount)
 
@@ -224,14 +252,8 @@ class SqliteStore:
         the error ``suppressed: <reason>`` in the same transaction and are not
         returned: a suppressed address is never handed to a transport.
         """
-        sql = (
-            "UPDATE email_requests SET status = 1, updated_at = ?1 WHERE id IN ("
-            " SELECT id FROM email_requests WHERE status = 0 AND scheduled_at <= ?1"
-            " AND deleted_at IS NULL ORDER BY id LIMIT ?2)"
-            ' RETURNING id, topic_id, "to", content_id, data, '
-        )
-        checked = sql + '(SELECT reason FROM suppressions WHERE address = lower("to"))'
-        unchecked = sql + "NULL"  # no suppressions at all: skip the lookup per row
+        checked = _CLAIM + '(SELECT reason FROM suppressions WHERE address = lower("to"))'
+        unchecked = _CLAIM + "NULL"  # no suppressions at all: skip the lookup per row
         now_text = to_db(now)
 
         def claim(conn: sqlite3.Connection) -> list[Claimed]:
@@ -245,11 +267,7 @@ class SqliteStore:
                 rows = conn.execute(query, (now_text, limit)).fetchall()
                 suppressed = [(f"suppressed: {r[5]}", now_text, r[0]) for r in rows if r[5]]
                 if suppressed:
-                    conn.executemany(
-                        "UPDATE email_requests SET status = 4, error = ?, updated_at = ?"
-                        " WHERE id = ?",
-                        suppressed,
-                    )
+                    conn.executemany(_STOP_SUPPRESSED, suppressed)
             if suppressed:
                 log.info("stopped %d requests to suppressed addresses", len(suppressed))
             return sorted((Claimed(*r[:5]) for r in rows if not r[5]), key=lambda c: c.id)
@@ -260,10 +278,7 @@ class SqliteStore:
         """When the earliest CREATED row falls due, or None when there is none."""
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            (first,) = conn.execute(
-                "SELECT MIN(scheduled_at) FROM email_requests"
-                " WHERE status = 0 AND deleted_at IS NULL"
-            ).fetchone()
+            (first,) = conn.execute(_NEXT_SCHEDULED).fetchone()
             return from_db(first) if first else None
 
         return await self._r.run(query)
@@ -293,8 +308,7 @@ class SqliteStore:
         def txn(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             cur = conn.executemany(
-                "UPDATE email_requests SET status = ?, message_id = COALESCE(?, message_id),"
-                " error = ?, attempts = attempts + ?, updated_at = ? WHERE id = ? AND status = 1",
+                _RECORD_OUTCOME,
                 (
                     (int(o.status), o.message_id, o.error, o.attempts, now_text, o.request_id)
                     for o in outcomes
@@ -392,7 +406,7 @@ class SqliteStore:
 
         def query(conn: sqlite3.Connection) -> int:
             (n,) = conn.execute(
-                "SELECT COUNT(*) FROM email_requests WHERE status = 2 AND updated_at >= ?",
+                _COUNT_SENT_SINCE,
                 (to_db(since),),
             ).fetchone()
             return int(n)
