@@ -70,7 +70,7 @@ class Service:
     cluster_sync: ClusterSync | None = None
     """Keeps this instance in step with the others (PostgreSQL only)."""
     addresses: AddressValidator = field(default_factory=AddressValidator)
-    cpu_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
+    cpu_limiter: trio.CapacityLimiter = field(default_factory=partial(trio.CapacityLimiter, 2))
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
     url: str = ""
@@ -286,7 +286,7 @@ async def _supervise(
                 run_pause_probe, svc.gate, svc.transport, svc.config.pause_probe_s,
                 svc.scheduler.nudge,
             ))
-            await background.start(Reporter(svc.metrics, queued=lambda: svc.scheduler.queued).run)
+            await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
             log.info(
                 "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",
                 svc.url,

@@ -7,10 +7,11 @@ services (tests) can live in one process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from mailpipe.pipeline.jobs import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,10 @@ def _value(counter: Counter) -> float:
 class Reporter:
     """Logs one line every ``interval`` seconds in which something happened."""
 
-    def __init__(
-        self, metrics: Metrics, *, interval: float = 5.0, queued: Callable[[], int] = lambda: 0
-    ) -> None:
+    def __init__(self, metrics: Metrics, backlog: Backlog, *, interval: float = 5.0) -> None:
         self.metrics = metrics
         self.interval = interval
-        self.queued = queued
+        self._backlog = backlog
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Report until cancelled."""
@@ -80,12 +79,12 @@ class Reporter:
         task_status.started()
         while True:
             await trio.sleep(self.interval)
-            m.queued.set(self.queued())
+            m.queued.set(self._backlog.count)
             now = (_value(m.sent), _value(m.failed), _value(m.throttled))
             sent, failed, throttled = (a - b for a, b in zip(now, last, strict=True))
             last = now
             in_flight = int(m.in_flight._value.get())
-            queued = self.queued()
+            queued = self._backlog.count
             if sent or failed or throttled or in_flight or queued:
                 log.info(
                     "sent=%d failed=%d throttled=%d rate=%.1f/s queued=%d in_flight=%d",
