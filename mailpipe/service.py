@@ -25,7 +25,7 @@ from mailpipe.addresses import AddressValidator
 from mailpipe.compose import Composer
 from mailpipe.config import Config
 from mailpipe.content.tokens import Tokens
-from mailpipe.errors import ConfigError
+from mailpipe.errors import ConfigError, StoreError
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
@@ -106,12 +106,15 @@ async def resolve_secret(
     """
     if configured:
         return configured
-    secret = load_or_create_secret_file(path, nbytes)
-    if cluster is not None:
-        shared = await cluster.shared_secret(name, secret)
-        if shared != secret:
-            replace_secret_file(path, shared)
-            secret = shared
+    try:
+        secret = load_or_create_secret_file(path, nbytes)
+        if cluster is not None:
+            shared = await cluster.shared_secret(name, secret)
+            if shared != secret:
+                replace_secret_file(path, shared)
+                secret = shared
+    except OSError as exc:  # a full or read-only data directory: one line, exit 1
+        raise StoreError(f"cannot write the secret file {path}: {exc}") from exc
     log.info("%s is not set; using the generated key in %s", name.upper(), path)
     return secret
 
