@@ -10,6 +10,7 @@ opened (:class:`FileIdentity`): writes into an unlinked file would be answered
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -29,6 +30,11 @@ STORAGE_FAULTS: Final = frozenset({
 })
 """Primary result codes that are a fault of the disk or the file, not of the
 statement: they last until someone frees space or restores the directory."""
+FREE_BYTES_RECOVERED: Final = 4 * 1024 * 1024
+"""After "disk full", writes count as healthy again only with this much free
+space. On a full disk small writes still fit in the WAL's slack (pages a failed
+large commit had appended) and would clear the failure while every POST of a
+few kilobytes fails; 4 MiB is room for a large request and its checkpoint."""
 
 
 def storage_fault(exc: BaseException) -> bool:
@@ -41,10 +47,13 @@ def storage_fault(exc: BaseException) -> bool:
 
 
 class WriteHealth:
-    """The last storage failure of the writer, until a write succeeds again."""
+    """The last storage failure of the writer, until a write succeeds again
+    (after a full disk: and ``FREE_BYTES_RECOVERED`` are free in ``directory``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
         self.failure: str | None = None
+        self._full = False
         self.failures = 0
         """How many storage failures so far (a write that failed during a call
         must not count as that call's success)."""
@@ -57,12 +66,28 @@ class WriteHealth:
             log.error("database writes are failing: %s", exc)
         self.failure = str(exc)
         self.failures += 1
+        self._full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+            isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        )
 
     def succeeded(self) -> None:
-        """A write was committed: the storage takes writes again."""
-        if self.failure is not None:
-            log.warning("database writes succeed again (after: %s)", self.failure)
+        """A write was committed: the storage takes writes again, unless the disk
+        was full and still has less than ``FREE_BYTES_RECOVERED`` free."""
+        if self.failure is None or (self._full and self._free() < FREE_BYTES_RECOVERED):
+            return
+        log.warning("database writes succeed again (after: %s)", self.failure)
         self.failure = None
+        self._full = False
+
+    def _free(self) -> int:
+        """Bytes free to this process in ``directory`` (unknown: as if plenty)."""
+        if self.directory is None:
+            return FREE_BYTES_RECOVERED
+        try:
+            info = os.statvfs(self.directory)
+        except OSError:
+            return 0
+        return info.f_bavail * info.f_frsize
 
     def check(self) -> None:
         """Raise :class:`StoreError` naming the last failure, if writes are failing."""

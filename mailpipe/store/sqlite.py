@@ -193,7 +193,7 @@ class SqliteStore:
         reader: sqlite3.Connection,
         identity: FileIdentity | None = None,
     ) -> None:
-        self._health = WriteHealth()
+        self._health = WriteHealth(identity.path.parent if identity is not None else None)
         self._identity = identity
         self._w = _Conn(writer, health=self._health, identity=identity)
         self._r = _Conn(reader)
