@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -17,7 +18,7 @@ from typing import Any, Final
 import httpx
 import pytest
 import trio
-from conftest import api_client, make_config, running_service
+from conftest import API_KEY, api_client, make_config, running_service
 
 TMPFS_SIZE: Final = "8m"
 """Small enough to fill in a few seconds, large enough for the schema and a start."""
@@ -85,11 +86,13 @@ async def until_sent(client: httpx.AsyncClient, topic: str, n: int) -> None:
         await trio.sleep(0.05)
 
 
-async def post_until_refused(client: httpx.AsyncClient) -> tuple[int, httpx.Response]:
-    """POST big messages to topic ``fill`` until one is refused; (accepted, refusal)."""
+async def post_until_refused(
+    client: httpx.AsyncClient, content: str = CONTENT
+) -> tuple[int, httpx.Response]:
+    """POST messages to topic ``fill`` until one is refused; (accepted, refusal)."""
     for accepted in range(1000):
         response = await client.post("/v1/messages", json=message(
-            "fill", ["f@example.com"], CONTENT
+            "fill", ["f@example.com"], content
         ))
         if response.status_code != 200:
             return accepted, response
@@ -113,6 +116,10 @@ class TestFullDisk:
                     fill(filler, HEADROOM)
                     accepted, refused = await post_until_refused(client)
                     fill(filler, 0)  # and whatever a checkpoint freed meanwhile
+                    # Small writes fit in the WAL's slack for a while: use it up,
+                    # so that claims and outcomes fail too.
+                    small, refused = await post_until_refused(client, "<p>Hi</p>")
+                    accepted += small
 
                     assert refused.status_code == 503, refused.text
                     assert "disk is full" in refused.json()["error"]
@@ -161,3 +168,22 @@ class TestDeletedDataDirectory:
                 assert "deleted while running" in ready.json()["error"]
                 assert (await client.get("/health")).status_code == 200
                 assert (await stats(client, "t"))["total"] == 1  # the refused one is not there
+
+
+class TestFullDiskAtStart:
+    def test_one_line_and_exit_1(self, tmp_path: Path) -> None:
+        with tmpfs(tmp_path / "disk") as disk:
+            fill(disk / "filler", 0)
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("AWS_", "EMAIL_", "API_KEY", "SERVER_", "DB_PATH"))}
+            env.update({"SERVER_PORT": "0", "SERVER_BIND": "127.0.0.1", "API_KEY": API_KEY,
+                        "DB_PATH": str(disk / "app.db"), "EMAIL_TRANSPORT": "outbox",
+                        "OUTBOX_DIR": str(tmp_path / "outbox")})
+            done = subprocess.run(
+                [sys.executable, "-m", "mailpipe"], cwd=tmp_path, env=env,
+                capture_output=True, text=True, timeout=60, check=False,
+            )
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        (last,) = [line for line in done.stderr.splitlines() if "CRITICAL" in line]
+        assert "disk is full" in last or "No space left" in last
