@@ -88,6 +88,9 @@ def create_app(svc: Service) -> QuartTrio:
         }.get(code, exc.description or exc.name)
         response = jsonify({"error": message})
         response.status_code = code
+        valid = getattr(exc, "valid_methods", None)  # a 405 names what the route allows
+        if code == 405 and valid:
+            response.headers["Allow"] = ", ".join(sorted(valid))
         return response
 
     @app.errorhandler(StoreError)
