@@ -20,6 +20,10 @@ import pytest
 import trio
 from conftest import API_KEY, api_client, make_config, running_service
 
+from mailpipe.errors import StoreError
+from mailpipe.store.sqlite import open_sqlite
+from mailpipe.timeutil import utcnow
+
 TMPFS_SIZE: Final = "8m"
 """Small enough to fill in a few seconds, large enough for the schema and a start."""
 HEADROOM: Final = 1024 * 1024
@@ -187,3 +191,18 @@ class TestFullDiskAtStart:
         assert "Traceback" not in done.stderr
         (last,) = [line for line in done.stderr.splitlines() if "CRITICAL" in line]
         assert "disk is full" in last or "No space left" in last
+
+
+class TestReplacedDatabaseFile:
+    async def test_writes_refused_reads_go_on(self, tmp_path: Path) -> None:
+        db = tmp_path / "app.db"
+        async with open_sqlite(db) as store:
+            await store.ping()
+            other = tmp_path / "other.db"
+            other.write_bytes(db.read_bytes())
+            other.replace(db)  # the path names another file now
+            with pytest.raises(StoreError, match="replaced while running"):
+                await store.insert_messages([], utcnow())
+            with pytest.raises(StoreError, match="replaced while running"):
+                await store.ping()
+            assert await store.next_scheduled_at() is None  # reads of the open file go on
