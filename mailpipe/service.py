@@ -154,12 +154,15 @@ async def resolve_secret(
     """
     if configured:
         return configured
-    secret = load_or_create_secret_file(path, nbytes)
-    if cluster is not None:
-        shared = await cluster.shared_secret(name, secret)
-        if shared != secret:
-            replace_secret_file(path, shared)
-            secret = shared
+    try:
+        secret = load_or_create_secret_file(path, nbytes)
+        if cluster is not None:
+            shared = await cluster.shared_secret(name, secret)
+            if shared != secret:
+                replace_secret_file(path, shared)
+                secret = shared
+    except OSError as exc:  # a full or read-only data directory: one line, exit 1
+        raise StoreError(f"cannot write the secret file {path}: {exc}") from exc
     log.info("%s is not set; using the generated key in %s", name.upper(), path)
     return secret
 
@@ -198,10 +201,20 @@ async def run_service(
         async with open_transport(config) as (transport, rate):
             svc = _assemble(config, store, api_key, tracking.encode("utf-8"), transport, rate)
             await _supervise(svc, handle_signals, task_status)
-        released = await store.release_claims(svc.pool.stops.items(), utcnow())
-        if released.requeued:
-            log.info("returned %d claimed but unsent requests to the queue", released.requeued)
+        await _release_claims(store, svc)
     log.info("stopped")
+
+
+async def _release_claims(store: Store, svc: Service) -> None:
+    """Return claimed but unsent rows to the queue; a store that cannot take the
+    write (disk full, file deleted) is logged: the next start does the same."""
+    try:
+        released = await store.release_claims(svc.pool.stops.items(), utcnow())
+    except StoreError as exc:
+        log.error("cannot return claimed rows to the queue (the next start does): %s", exc)
+        return
+    if released.requeued:
+        log.info("returned %d claimed but unsent requests to the queue", released.requeued)
 
 
 def _assemble(

@@ -47,21 +47,27 @@ class RawConnection:
 
     async def response(self) -> tuple[int, bytes] | None:
         """The next response's status and body; None when the connection ended first."""
+        answer = await self.full_response()
+        return None if answer is None else (answer[0], answer[2])
+
+    async def full_response(self) -> tuple[int, dict[str, str], bytes] | None:
+        """The next response's status, headers (names lower-cased) and body; None
+        when the connection ended first."""
         while b"\r\n\r\n" not in self._buffer:
             if not await self._fill():
                 return None
         head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
-        length = 0
+        headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
+            headers[name.strip().lower().decode()] = value.strip().decode()
+        length = int(headers.get("content-length", "0"))
         while len(self._buffer) < length:
             if not await self._fill():
                 return None
         body, self._buffer = self._buffer[:length], self._buffer[length:]
-        return int(lines[0].split()[1]), body
+        return int(lines[0].split()[1]), headers, body
 
     async def _fill(self) -> bool:
         try:

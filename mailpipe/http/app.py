@@ -57,7 +57,9 @@ def error_response(exc: Exception, where: str = "") -> Answer:
         return exc.status, {"error": exc.message, **exc.extra}, {}
     if isinstance(exc, HTTPException):
         code = exc.code or 500
-        return code, {"error": HTTP_MESSAGES.get(code, exc.description or exc.name)}, {}
+        valid = getattr(exc, "valid_methods", None)  # a 405 names what the route allows
+        allow = {"Allow": ", ".join(sorted(valid))} if code == 405 and valid else {}
+        return code, {"error": HTTP_MESSAGES.get(code, exc.description or exc.name)}, allow
     status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
     if status == 503:
         # The database is away or full: a fault of the moment, not of the

@@ -231,10 +231,16 @@ class Store(Protocol):
     async def run_upkeep(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Background upkeep until cancelled (SQLite: WAL checkpoints)."""
+        """Background upkeep until cancelled (SQLite: WAL checkpoints); a failing
+        round is logged and retried, never raised."""
 
     async def after_large_insert(self) -> None:
         """Called off the request's path after a large insert (SQLite: checkpoint)."""
 
     async def ping(self) -> None:
-        """Raise :class:`~mailpipe.errors.StoreError` unless the database answers."""
+        """Raise :class:`~mailpipe.errors.StoreError` unless the database answers and,
+        as far as the store can tell cheaply, takes writes (readiness).
+
+        SQLite: the error names a database file deleted or replaced while
+        running, or the last write failure (a full disk) until a write succeeds.
+        PostgreSQL: the server answers (it reports its own disk full per write)."""

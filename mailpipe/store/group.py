@@ -14,6 +14,7 @@ those passes; when the service is idle the passes cost microseconds.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -47,8 +48,10 @@ class GroupCommit:
         inline: Runner | None = None,
         inline_max: int = 0,
         gather: int = 0,
+        failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._run = run
+        self._failed = failed
         self._inline = inline
         self._inline_max = inline_max
         self._gather = gather
@@ -73,10 +76,10 @@ class GroupCommit:
                         # On the loop only if the write lock is free at once:
                         # another process holding it must not stall the loop.
                         done = inline is not None and await inline(
-                            partial(_apply, batch, wait=False)
+                            partial(_apply, batch, wait=False, failed=self._failed)
                         )
                         if not done:
-                            await self._run(partial(_apply, batch))
+                            await self._run(partial(_apply, batch, failed=self._failed))
                 finally:
                     # Whatever went wrong around _apply (a thread, a PRAGMA),
                     # no writer of this batch may be left waiting or told "stored".
@@ -90,9 +93,16 @@ class GroupCommit:
 
 
 def _apply(
-    batch: list[tuple[Write, _Slot[Any]]], conn: sqlite3.Connection, *, wait: bool = True
+    batch: list[tuple[Write, _Slot[Any]]],
+    conn: sqlite3.Connection,
+    *,
+    wait: bool = True,
+    failed: Callable[[BaseException], None] | None = None,
 ) -> bool:
     """Run ``batch`` in one transaction and settle every slot; True.
+
+    A failed transaction is reported to ``failed`` (the store's write health)
+    before its writers are told.
 
     With ``wait=False`` on a connection that does not wait for locks, False
     (nothing run, nothing settled) when another connection holds the write lock.
@@ -121,8 +131,12 @@ def _apply(
             conn.execute("RELEASE write")
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
+        if failed is not None:
+            failed(exc)
         if conn.in_transaction:
-            conn.rollback()
+            # The transaction is over either way; the writers hear of exc.
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
         for _, slot in batch:
             slot.error = slot.error or StoreError(f"database error: {exc}")
     else:

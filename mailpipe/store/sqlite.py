@@ -10,6 +10,7 @@ event loop never blocks on the disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -40,6 +41,7 @@ from mailpipe.store import tracking as _tracking
 from mailpipe.store.base import Cluster, TopicStats
 from mailpipe.store.feedback import transaction
 from mailpipe.store.group import GroupCommit
+from mailpipe.store.health import FileIdentity, WriteHealth
 from mailpipe.store.lockfile import LockFile
 from mailpipe.store.schema import migrate
 from mailpipe.timeutil import from_db, to_db, utcnow
@@ -139,23 +141,54 @@ def _connect(path: Path, cache_mb: int = 64) -> sqlite3.Connection:
 
 
 class _Conn:
-    """One sqlite3 connection, used by one worker thread at a time."""
+    """One sqlite3 connection, used by one worker thread at a time.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    The writer's also has a ``health`` (its last storage failure, cleared by a
+    committed write) and an ``identity`` checked before every call: nothing is
+    written into a database file that was deleted or replaced.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        health: WriteHealth | None = None,
+        identity: FileIdentity | None = None,
+    ) -> None:
         self.conn = conn
         self._limiter = trio.CapacityLimiter(1)
+        self._health = health
+        self._identity = identity
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._identity is not None:
+            self._identity.check()
+        changes, failures = self.conn.total_changes, self._failures()
         try:
-            return fn(self.conn)
+            result = fn(self.conn)
         except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.rollback()
+            self._rollback()
+            if self._health is not None:
+                self._health.failed(exc)
             raise StoreError(f"database error: {exc}") from exc
         except BaseException:
-            if self.conn.in_transaction:  # never leave a transaction open on the connection
-                self.conn.rollback()
+            self._rollback()  # never leave a transaction open on the connection
             raise
+        wrote = self.conn.total_changes != changes  # and committed: no exception above
+        if self._health is not None and wrote and self._failures() == failures:
+            self._health.succeeded()
+        return result
+
+    def _failures(self) -> int:
+        return self._health.failures if self._health is not None else 0
+
+    def _rollback(self) -> None:
+        """End an open transaction; a rollback failing too (disk gone) is not news."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.rollback()
+            except sqlite3.Error as exc:
+                log.warning("rollback failed: %s", exc)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the connection in a worker thread."""
@@ -182,11 +215,20 @@ class SqliteStore:
 
     cluster: Cluster | None = None
 
-    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
-        self._w = _Conn(writer)
+    def __init__(
+        self,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        identity: FileIdentity | None = None,
+    ) -> None:
+        self._health = WriteHealth(identity.path.parent if identity is not None else None)
+        self._identity = identity
+        self._w = _Conn(writer, health=self._health, identity=identity)
         self._r = _Conn(reader)
+        self._checkpoint_failure: str | None = None
         self._group = GroupCommit(
-            self._w.run, inline=self._w.run_inline, inline_max=INLINE_BATCH, gather=GATHER_PASSES
+            self._w.run, inline=self._w.run_inline, inline_max=INLINE_BATCH, gather=GATHER_PASSES,
+            failed=self._health.failed,
         )
 
     # -- ingest ------------------------------------------------------------
@@ -516,14 +558,19 @@ class SqliteStore:
 
         The writer connection never checkpoints on its own (``wal_autocheckpoint=0``):
         a checkpoint's fsync inside a commit would stall whoever committed.
+        A checkpoint that fails (a full disk) is logged and tried again next
+        time; while writes are failing, each round also tries a probe write, so
+        the store notices by itself that space is back.
         """
         task_status.started()
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
+            await self._recheck_writes()
             await self.checkpoint()
 
     async def after_large_insert(self) -> None:
-        """Checkpoint now rather than at the next periodic checkpoint."""
+        """Checkpoint now rather than at the next periodic checkpoint (never raises:
+        the insert is stored, and the periodic checkpoint tries again)."""
         await self.checkpoint()
 
     async def checkpoint(self) -> None:
@@ -531,13 +578,57 @@ class SqliteStore:
 
         Runs on the reader connection, so the writer is not held up; after a
         large insert (whose commit skipped the automatic checkpoint) it keeps
-        the WAL small without slowing the request.
+        the WAL small without slowing the request. A failure is logged once
+        (until a checkpoint succeeds again), never raised.
         """
-        await self._r.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        try:
+            await self._r.run(
+                lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            )
+        except StoreError as exc:
+            if self._checkpoint_failure is None:
+                log.error("WAL checkpoint failed (tried again every %gs): %s",
+                          CHECKPOINT_INTERVAL, exc)
+            self._checkpoint_failure = str(exc)
+        else:
+            if self._checkpoint_failure is not None:
+                log.warning("WAL checkpoint succeeds again")
+            self._checkpoint_failure = None
 
     async def ping(self) -> None:
-        """Raise :class:`StoreError` unless the database answers."""
+        """Raise :class:`StoreError` unless the database answers and takes writes.
+
+        The error names the cause: the database file deleted or replaced, or
+        the last write failure (a full disk), unless a probe write now succeeds.
+        """
+        if self._identity is not None:
+            self._identity.check()
+        await self._recheck_writes()
+        self._health.check()
         await self._r.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def _recheck_writes(self) -> None:
+        """While writes are failing, try a probe write; it clears the failure if
+        it commits (see :func:`_probe_write`). Never raises."""
+        if self._health.failure is None:
+            return
+        with contextlib.suppress(StoreError):
+            await self._w.run(_probe_write)
+
+
+_PROBE_TOPIC: Final = "\x00mailpipe write probe"
+"""A topic id no request can have (the API refuses control characters)."""
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """Write a row and delete it in one committed transaction: the WAL must grow
+    by a few pages, as for any real write, but nothing is left behind."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO topic_stops (topic_id, upto_id, created_at) VALUES (?, 0, '')",
+            (_PROBE_TOPIC,),
+        )
+        conn.execute("DELETE FROM topic_stops WHERE topic_id = ?", (_PROBE_TOPIC,))
 
 
 def lock_path(path: Path) -> Path:
@@ -553,7 +644,7 @@ async def open_sqlite(path: Path) -> AsyncIterator[SqliteStore]:
     another process holds the database.
     """
 
-    def setup() -> tuple[LockFile, sqlite3.Connection, sqlite3.Connection]:
+    def setup() -> tuple[LockFile, sqlite3.Connection, sqlite3.Connection, FileIdentity]:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = LockFile.acquire(lock_path(path))
         if lock is None:
@@ -575,17 +666,17 @@ async def open_sqlite(path: Path) -> AsyncIterator[SqliteStore]:
                 log.info("database %s migrated from schema %d to %d", path, old, new)
             # The writer gets the 64 MB cache; the reader's queries are indexed
             # look-ups and counts, and a second 64 MB would double the RSS.
-            return lock, writer, _connect(path, cache_mb=16)
+            return lock, writer, _connect(path, cache_mb=16), FileIdentity(path)
         except BaseException:
             lock.release()
             raise
 
     try:
-        lock, writer, reader = await trio.to_thread.run_sync(setup)
+        lock, writer, reader, identity = await trio.to_thread.run_sync(setup)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from exc
     try:
-        yield SqliteStore(writer, reader)
+        yield SqliteStore(writer, reader, identity)
     finally:
         writer.close()
         reader.close()
