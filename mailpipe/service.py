@@ -30,6 +30,7 @@ from mailpipe.feedback.sns import SnsVerifier, http_fetch
 from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
+from mailpipe.http.server_errors import install_json_error_bodies
 from mailpipe.model import IdempotencyKey, InsertResult, NewMessage, Outcome
 from mailpipe.pipeline.cluster import ClusterSync
 from mailpipe.pipeline.jobs import Backlog, Handed, Job
@@ -327,6 +328,7 @@ async def _supervise(
 async def _serve_http(
     svc: Service, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
+    install_json_error_bodies()
     hc = HyperConfig()
     hc.bind = [f"{svc.config.server_bind}:{svc.config.server_port}"]
     hc.graceful_timeout = svc.config.graceful_timeout

@@ -41,3 +41,33 @@ class TestMethodNotAllowed:
                         listed = {m.strip() for m in headers["allow"].split(",")}
                         assert listed == methods, path
                         assert json.loads(body) == {"error": "method not allowed"}
+
+
+class TestServerLayerErrors:
+    """What hypercorn answers before the app sees a request has a JSON body too."""
+
+    async def _answer(self, tmp_path: Path, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        with trio.fail_after(30):
+            async with (
+                running_service(make_config(tmp_path)) as svc,
+                await open_raw(svc.url) as conn,
+            ):
+                await conn.send(raw)
+                answer = await conn.full_response()
+        assert answer is not None
+        return answer
+
+    async def test_a_malformed_request_line_is_a_json_400(self, tmp_path: Path) -> None:
+        status, headers, body = await self._answer(tmp_path, b"NOT A REQUEST\r\n\r\n")
+        assert status == 400
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"error": "malformed HTTP request"}
+
+    async def test_headers_over_the_limit_are_a_json_431(self, tmp_path: Path) -> None:
+        huge = "X-Filler: " + "x" * 200_000
+        status, headers, body = await self._answer(
+            tmp_path, request_bytes("GET", "/health", huge)
+        )
+        assert status == 431
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"error": "request headers too large"}
