@@ -110,6 +110,8 @@ def ascii_address(value: str) -> str:
     still be Unicode (it is sent as an RFC 2047 encoded word). Raises
     ``ValueError`` for a non-ASCII local part, which cannot be sent at all.
     """
+    if value.isascii():
+        return value  # the common case, without parsing
     name, address = parseaddr(value)
     if address.isascii():
         return value
