@@ -1,11 +1,12 @@
 """A psycopg connection pool used from Trio: each call runs in a worker thread.
 
-What it promises: every call gets a live connection (the pool checks one
-before lending it, so a connection the server dropped is replaced, not
-handed out), runs in one transaction that commits when the call returns and
-rolls back when it raises, and every driver error (pool timeouts included)
-reaches the caller as :class:`~mailpipe.errors.StoreError`. Sessions run in
-UTC, so ``timestamptz`` values come back as aware UTC datetimes.
+What it promises: every call gets a live connection (one that was idle for
+a while is checked before it is lent, so a connection the server dropped
+meanwhile is replaced, not handed out), runs in one transaction that
+commits when the call returns and rolls back when it raises, and every
+driver error (pool timeouts included) reaches the caller as
+:class:`~mailpipe.errors.StoreError`. Sessions run in UTC, so ``timestamptz``
+values come back as aware UTC datetimes.
 
 After the server dropped the pool's connections (a restart), the first call
 waits about a second: psycopg_pool backs off between failed checks before it
@@ -14,6 +15,9 @@ hands over a fresh connection.
 
 from __future__ import annotations
 
+import math
+import time
+import weakref
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -37,8 +41,18 @@ POOL_MIN: Final = 2
 POOL_TIMEOUT_S: Final = 5.0
 """How long a call waits for a connection before failing with StoreError
 (the database is away): the HTTP edge answers 503 rather than hang."""
+CHECK_IDLE_S: Final = 2.0
+"""A connection unused this long is checked before it is lent. Checking every
+one cost a round trip per call (the rate row's transaction is on the send
+path): at the ceiling, 2.5 % of the service's time. One used within this time
+was live then; if the server died since, the call fails once with StoreError
+(its connection is then discarded) and its caller retries, as for any outage."""
 CONNECT_TIMEOUT_S: Final = 5
 """libpq ``connect_timeout``: an unreachable server fails a connection attempt by then."""
+
+
+class _Dropped(psycopg.OperationalError):
+    """The connection broke while ``fn`` ran, before its commit."""
 
 
 def unavailable(exc: psycopg.Error) -> StoreError:
@@ -65,20 +79,43 @@ class PgPool:
             max_size=POOL_SIZE,
             open=False,
             timeout=POOL_TIMEOUT_S,
-            check=ConnectionPool.check_connection,
+            check=self._check_if_idle,
             configure=configure_session,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
             name="mailpipe",
         )
         self._limiter = trio.CapacityLimiter(POOL_SIZE)
+        self._last_used: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+
+    def _check_if_idle(self, conn: Conn) -> None:
+        if time.monotonic() - self._last_used.get(conn, -math.inf) > CHECK_IDLE_S:
+            ConnectionPool.check_connection(conn)
 
     def call(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction on a pooled connection (in this thread)."""
         try:
-            with self._pool.connection() as conn:
-                return fn(conn)
+            try:
+                return self._once(fn)
+            except _Dropped:
+                # The server dropped the connection before the transaction
+                # committed, so none of it was kept: run it once more on
+                # another. The others may have been dropped too (a restart):
+                # check each before it is lent again.
+                self._last_used.clear()
+                return self._once(fn)
         except psycopg.Error as exc:
             raise unavailable(exc) from exc
+
+    def _once(self, fn: Callable[[Conn], T]) -> T:
+        with self._pool.connection() as conn:
+            try:
+                return fn(conn)
+            except psycopg.OperationalError as exc:
+                if conn.broken or conn.closed or isinstance(exc, psycopg.errors.AdminShutdown):
+                    raise _Dropped(str(exc)) from exc
+                raise
+            finally:
+                self._last_used[conn] = time.monotonic()
 
     async def run(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction on a pooled connection, in a worker thread."""
