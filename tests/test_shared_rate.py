@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from test_limiter import max_in_window
 
-from mailpipe.pipeline.limiter import MARGIN
+from mailpipe.pipeline.shared_rate import SHARED_MARGIN as MARGIN
 from mailpipe.pipeline.shared_rate import SharedRateLimiter
 
 T = TypeVar("T")
