@@ -32,6 +32,9 @@ WINDOW = 1.0
 # keeps the count *as the provider sees it* within the rate in every window,
 # at the cost of sending 0.6 % below the configured rate.
 MARGIN = 0.006
+STATE_TICK = 1e-6
+"""Seconds: the resolution of a call's start in :meth:`RateLimiter.state`,
+a thousandth of what MARGIN absorbs."""
 
 
 @dataclass(frozen=True)
@@ -134,10 +137,14 @@ class RateLimiter:
             start, k, late = self._late.popleft()
             # The window holds (start, k) values: any entry equal to this one
             # stands for it, and one the window has dropped needs nothing.
-            i = bisect.bisect_left(self._window, (start, k))
-            if i < len(self._window) and self._window[i] == (start, k):
-                del self._window[i]
-                bisect.insort(self._window, (start + late, k))
+            # (Within STATE_TICK: a shared state keeps starts to the microsecond.)
+            i = bisect.bisect_left(self._window, (start - STATE_TICK, -1))
+            while i < len(self._window) and self._window[i][0] <= start + STATE_TICK:
+                if self._window[i][1] == k:
+                    del self._window[i]
+                    bisect.insort(self._window, (start + late, k))
+                    break
+                i += 1
 
     def pacing(self, *, lead: float = 0.0) -> bool:
         """Whether the next permit is further away than ``lead`` (the rate binds)."""
@@ -187,11 +194,21 @@ class RateLimiter:
     # -- state shared through a database row (mailpipe.pipeline.shared_rate) --------
 
     def state(self) -> dict[str, Any]:
-        """What changes as permits are taken, as JSON-ready values."""
+        """What changes as permits are taken, as JSON-ready values.
+
+        The window's starts are whole microseconds after the first one: at a
+        high rate the window holds hundreds of calls, and the shared row is
+        read and written at every reservation (as lists of floats, encoding
+        took 220 µs of the 390 µs a reservation cost here; see ``STATE_TICK``).
+        """
+        window = self._window
+        base = window[0][0] if window else 0.0
         return {
             "rate": self.rate,
             "next": None if self._next == -math.inf else self._next,
-            "window": self._window,
+            "base": base,
+            "t": [round((start - base) / STATE_TICK) for start, _ in window],
+            "k": [k for _, k in window],
             "last_cut": None if self._last_cut == -math.inf else self._last_cut,
         }
 
@@ -199,7 +216,9 @@ class RateLimiter:
         """Take over ``state`` (from :meth:`state`, maybe of another process)."""
         self.rate = min(self.target, max(self.min_rate, float(state["rate"])))
         self._next = -math.inf if state["next"] is None else float(state["next"])
-        self._window = sorted((float(s), int(k)) for s, k in state["window"])
+        base = float(state["base"])
+        self._window = [(base + t * STATE_TICK, int(k))
+                        for t, k in zip(state["t"], state["k"], strict=True)]
         self._last_cut = -math.inf if state["last_cut"] is None else float(state["last_cut"])
 
     # -- AIMD -------------------------------------------------------------

@@ -57,6 +57,9 @@ class SharedRateLimiter:
         self._late: deque[tuple[float, int, float]] = deque()
         self._succeeded = 0
         self._throttled = False
+        self._one_at_a_time = trio.Lock()
+        """The row takes one reservation at a time anyway: the others wait here,
+        not in a worker thread holding one of the store's pooled connections."""
         self._starts: BoundedCache[float, float] = BoundedCache(REMEMBERED_STARTS)
         """Trio start of a recent reservation → its database start."""
 
@@ -76,6 +79,10 @@ class SharedRateLimiter:
         Raises :class:`~mailpipe.errors.StoreError` when the database is away:
         then nothing was reserved.
         """
+        async with self._one_at_a_time:
+            return await self._permit(k, lead)
+
+    async def _permit(self, k: int, lead: float) -> Permit:
         late = [self._late.popleft() for _ in range(len(self._late))]
         succeeded, self._succeeded = self._succeeded, 0
         throttled, self._throttled = self._throttled, False
