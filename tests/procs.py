@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,16 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.02) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(interval)
+
+
+@contextmanager
+def checked_outbox_service(workdir: Path) -> Iterator[ServiceProcess]:
+    """``python -m mailpipe`` (outbox transport, room for schema-driven requests);
+    it must stop cleanly with no traceback in its log."""
+    env = {"EMAIL_TRANSPORT": "outbox", "EMAIL_RATE": 500, "MAX_RECIPIENTS_PER_REQUEST": 1000}
+    svc = ServiceProcess(workdir, env)
+    try:
+        yield svc
+    finally:
+        assert svc.stop() == 0
+    assert "Traceback" not in svc.log(), svc.log()

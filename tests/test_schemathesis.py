@@ -14,7 +14,7 @@ import schemathesis
 from conftest import API_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from procs import ServiceProcess
+from procs import ServiceProcess, checked_outbox_service
 from schemathesis import GenerationMode, checks
 
 from mailpipe.http.openapi import spec
@@ -36,15 +36,8 @@ invalid, which HTTP APIs, this one included, ignore."""
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """``python -m mailpipe`` on port 0 (outbox transport); its log has no traceback."""
-    svc = ServiceProcess(
-        tmp_path_factory.mktemp("schemathesis"),
-        {"EMAIL_TRANSPORT": "outbox", "EMAIL_RATE": 500, "MAX_RECIPIENTS_PER_REQUEST": 1000},
-    )
-    try:
+    with checked_outbox_service(tmp_path_factory.mktemp("schemathesis")) as svc:
         yield svc
-    finally:
-        assert svc.stop() == 0
-    assert "Traceback" not in svc.log(), svc.log()
 
 
 @pytest.fixture(scope="module")
