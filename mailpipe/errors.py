@@ -70,6 +70,11 @@ class SendingPaused(SendError):
     """The account may not send at all (paused or suspended)."""
 
 
+class ReleaseMissed(SendError):
+    """The call could not leave within its permit's slack, so it did not leave:
+    it needs a new permit (see :mod:`mailpipe.pipeline.limiter`)."""
+
+
 class StoreInUse(StoreError):
     """Another mailpipe process holds the SQLite database (one instance per file)."""
 

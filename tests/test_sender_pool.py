@@ -14,7 +14,13 @@ import trio.testing
 
 from mailpipe.compose import Composer
 from mailpipe.content.tokens import Tokens
-from mailpipe.errors import PermanentSendError, SendingPaused, Throttled, TransientSendError
+from mailpipe.errors import (
+    PermanentSendError,
+    ReleaseMissed,
+    SendingPaused,
+    Throttled,
+    TransientSendError,
+)
 from mailpipe.model import Content, Outcome
 from mailpipe.pipeline.jobs import Handed, Job
 from mailpipe.pipeline.limiter import RateLimiter
@@ -151,6 +157,22 @@ async def test_throttling_slows_the_limiter_and_costs_no_attempt(
         assert h.limiter.rate < 40
     assert out == Outcome(1, Status.SENT, "m-1", attempts=3)  # throttles never fail it
     assert h.metrics.throttled._value.get() == 2
+
+
+async def test_a_missed_release_asks_for_a_new_permit_and_costs_no_attempt(
+    thread_clock: trio.testing.MockClock,
+) -> None:
+    missed = SendResult(error=ReleaseMissed("ReleaseMissed", "20.0 ms after the permit"))
+    transport = MockTransport(answers(lambda e: missed, sent))
+    async with running_pool(transport, rate=40, max_attempts=1) as h:
+        await h.jobs.send(jobs([1, 2]))
+        out = await h.settle([1, 2])
+        assert h.limiter.rate == 40  # no throttling: the provider never saw it
+    assert out == {1: Outcome(1, Status.SENT, "m-1", attempts=1),
+                   2: Outcome(2, Status.SENT, "m-2", attempts=1)}
+    assert [len(call) for call in transport.calls] == [2, 2]
+    assert h.metrics.release_missed._value.get() == 2
+    assert h.metrics.retried._value.get() == 0
 
 
 async def test_a_paused_account_gives_the_rows_back_and_calls_no_more(

@@ -9,6 +9,7 @@ database's is); the real row is exercised on PostgreSQL in
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,7 +18,7 @@ import trio
 import trio.testing
 from test_limiter import max_in_window
 
-from mailpipe.pipeline.limiter import RateLimiter
+from mailpipe.pipeline.limiter import FREE_SLACK, TIGHT_SLACK, RateLimiter
 from mailpipe.pipeline.shared_rate import SHARED_MARGIN as MARGIN
 from mailpipe.pipeline.shared_rate import SharedRateLimiter
 
@@ -58,7 +59,9 @@ async def consume(
         for i in range(calls):
             limiter = limiters[(n + i) % len(limiters)]
             k = sizes[(n * 7 + i) % len(sizes)]
-            await trio.sleep_until((await limiter.permit(k)).start)
+            permit = await limiter.permit(k)
+            await trio.sleep_until(permit.start)
+            permit.report_late(trio.current_time() - permit.start)  # as the transports do
             starts.append((trio.current_time(), k))
 
     async with trio.open_nursery() as nursery:
@@ -114,6 +117,52 @@ async def test_a_request_cancelled_while_waiting_reserves_nothing(
     start = (await limiter.permit(1)).start
     assert start - trio.current_time() < 1 + MARGIN
     assert row.transactions == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("rate", "sizes"), [(100, [50]), (14, [1, 7, 2]), (1000, [50, 10])])
+async def test_calls_leaving_late_keep_every_window_when_they_keep_their_slack(
+    autojump_clock: trio.testing.MockClock, rate: int, sizes: list[int], seed: int
+) -> None:
+    # Each instance learns of another's late call only at that one's next
+    # reservation. A call that would leave later than its permit's slack does
+    # not leave (the transports refuse it, see test_release.py).
+    rng = random.Random(seed)
+    row = Row()
+    limiters = [shared(row, rate) for _ in range(3)]
+    left: list[tuple[float, int]] = []
+    refused = 0
+
+    async def instance(limiter: SharedRateLimiter, n: int) -> None:
+        nonlocal refused
+        for i in range(30):
+            k = sizes[(n + i) % len(sizes)]
+            permit = await limiter.permit(k)
+            assert permit.slack is not None
+            late = rng.choice([0.0, 0.0, 0.001, 0.004, 0.05, 0.3])
+            await trio.sleep_until(permit.start + late)
+            if late > permit.slack:
+                refused += 1
+                continue
+            permit.report_late(late)
+            left.append((trio.current_time(), k))
+
+    async with trio.open_nursery() as nursery:
+        for n, limiter in enumerate(limiters):
+            nursery.start_soon(instance, limiter, n)
+    assert max_in_window(sorted(left)) <= rate
+    assert refused > 0  # the late ones were put to the test
+
+
+async def test_far_from_the_rate_a_permit_has_the_free_slack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    row = Row()
+    limiter = shared(row, 10_000)
+    first = await limiter.permit(50)
+    assert first.slack == FREE_SLACK
+    near = shared(row, 100)  # the same row, read as a small rate: 50 of 100 binds
+    assert (await near.permit(50)).slack == TIGHT_SLACK
 
 
 async def test_one_busy_instance_alone_gets_the_whole_rate(

@@ -35,6 +35,11 @@ class Metrics:
             "Retries after a failure in which the provider may already have sent",
             registry=r,
         )
+        self.release_missed = Counter(
+            "mailpipe_release_missed",
+            "Sends that could not leave within their shared permit's slack and asked again",
+            registry=r,
+        )
         self.stopped = Counter("mailpipe_stopped", "Requests stopped before sending", registry=r)
         self.accepted = Counter("mailpipe_accepted", "Recipients accepted by the API", registry=r)
         self.call_seconds = Histogram(

@@ -25,6 +25,7 @@ import trio
 from mailpipe.compose import Composer
 from mailpipe.errors import (
     PermanentSendError,
+    ReleaseMissed,
     SendError,
     SendingPaused,
     StoreError,
@@ -243,7 +244,8 @@ class SenderPool:
                 for job in live:
                     self._handed.add(job)
                 release = (
-                    Release(time.perf_counter() + (start - trio.current_time()), permit.report_late)
+                    Release(time.perf_counter() + (start - trio.current_time()),
+                            permit.report_late, permit.slack)
                     if self._lead and permit is not None
                     else None
                 )
@@ -347,6 +349,7 @@ class SenderPool:
         outcomes: list[Outcome] = []
         throttled: list[Job] = []
         transient: list[Job] = []
+        missed: list[Job] = []
         for job, result in zip(batch, results, strict=True):
             error = result.error
             tries = job.attempt + 1
@@ -354,7 +357,9 @@ class SenderPool:
                 sent_ok = Outcome(job.request_id, Status.SENT, result.message_id, attempts=tries)
                 outcomes.append(sent_ok)
                 continue
-            if isinstance(error, Throttled):
+            if isinstance(error, ReleaseMissed):
+                missed.append(job)  # it never left: not an attempt
+            elif isinstance(error, Throttled):
                 throttled.append(job.retried(failed=False))  # throttling is no failure
             elif isinstance(error, SendingPaused):
                 self.gate.pause(f"{error.code}: {error.message}")
@@ -383,6 +388,9 @@ class SenderPool:
             self._limiter.throttled()
             self._metrics.rate.set(self._limiter.rate)
             self._later(throttled, self._retry.throttle_delay)
+        if missed:
+            self._metrics.release_missed.inc(len(missed))
+            self._later(missed, 0.0, count=False)
         if transient:
             attempt = transient[0].failures
             self._later(

@@ -61,6 +61,7 @@ class _Wanted:
     start_db: float | None = None
     start: float = 0.0
     """``start_db`` on trio's clock."""
+    slack: float | None = None
     error: BaseException | None = field(default=None, repr=False)
 
 
@@ -79,7 +80,7 @@ class SharedRateLimiter:
         self._cluster = cluster
         self._clock = clock
         self._db_now = 0.0
-        self._core = RateLimiter(rate, clock=lambda: self._db_now, margin=margin)
+        self._core = RateLimiter(rate, clock=lambda: self._db_now, margin=margin, slack=True)
         self._offset = clock() - time.time()
         """``clock() - database clock``, as last measured."""
         self._late: deque[tuple[float, int, float]] = deque()
@@ -123,7 +124,7 @@ class SharedRateLimiter:
             raise wanted.error
         assert wanted.start_db is not None
         self._starts.put(wanted.start, wanted.start_db)
-        return Permit(wanted.start, partial(self.left_late, wanted.start, k))
+        return Permit(wanted.start, partial(self.left_late, wanted.start, k), wanted.slack)
 
     async def _reserve_wanted(self) -> None:
         """Reserve every waiting request in one transaction (the row lock held)."""
@@ -151,8 +152,8 @@ class SharedRateLimiter:
             return
         self._offset = offset
         to_trio = offset + (trio.current_time() - self._clock())
-        for each, start_db in zip(wanted, starts, strict=True):
-            each.start_db, each.start = start_db, start_db + to_trio
+        for each, (start_db, slack) in zip(wanted, starts, strict=True):
+            each.start_db, each.start, each.slack = start_db, start_db + to_trio, slack
 
     def _reserve(
         self,
@@ -162,7 +163,7 @@ class SharedRateLimiter:
         late: list[tuple[float, int, float]],
         succeeded: int,
         throttled: bool,
-    ) -> tuple[str, list[float]]:
+    ) -> tuple[str, list[tuple[float, float | None]]]:
         # Runs in the store's worker thread, under the row lock.
         self._db_now = db_now
         if state is not None:
@@ -175,7 +176,7 @@ class SharedRateLimiter:
             self._core.throttled()
         if succeeded:
             self._core.succeeded(succeeded)
-        starts = [self._core.reserve(each.k, lead=each.lead) for each in wanted]
+        starts = [self._core.reserve_call(each.k, lead=each.lead) for each in wanted]
         return json.dumps(self._core.state()), starts
 
     def left_late(self, start: float, k: int, late: float) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mailpipe.errors import SendError
+from mailpipe.errors import ReleaseMissed, SendError
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,22 @@ class Release:
 
     A worker thread can reach the moment late (the GIL, a busy machine); the
     call then leaves late, and ``on_late(seconds)`` is told so right away, from
-    that thread.
+    that thread (with a slack, also when it left on time). Later than ``slack``
+    seconds, it must not leave at all.
     """
 
     at: float
     on_late: Callable[[float], None]
+    slack: float | None = None
 
 
 def hold_until(release: Release | float | None) -> None:
-    """Block the calling (worker) thread until the release moment (``time.perf_counter``)."""
+    """Block the calling (worker) thread until the release moment (``time.perf_counter``).
+
+    Raises :class:`~mailpipe.errors.ReleaseMissed` when the moment passed more
+    than the release's slack ago: the transport answers that for every email
+    of the call, none of which left.
+    """
     if release is None:
         return
     at = release.at if isinstance(release, Release) else release
@@ -87,8 +94,10 @@ def hold_until(release: Release | float | None) -> None:
         time.sleep(delay)
     if isinstance(release, Release):
         late = time.perf_counter() - at
-        if late > 0:
-            release.on_late(late)
+        if release.slack is not None and late > release.slack:
+            raise ReleaseMissed("ReleaseMissed", f"{late * 1000:.1f} ms after the permit")
+        if late > 0 or release.slack is not None:
+            release.on_late(max(late, 0.0))  # with a slack, also "on time": see Permit
 
 
 def request_headers(request_id: int) -> tuple[tuple[str, str], ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mailpipe.content.html import html_to_text
 from mailpipe.content.mime import build_message, to_bytes
-from mailpipe.errors import PermanentSendError, TransientSendError
+from mailpipe.errors import PermanentSendError, ReleaseMissed, TransientSendError
 from mailpipe.transport import Email, Release, SendResult, hold_until
 
 
@@ -30,7 +30,10 @@ class OutboxTransport:
 
     def send(self, emails: Sequence[Email], release: Release | None = None) -> list[SendResult]:
         """Write one file per email."""
-        hold_until(release)
+        try:
+            hold_until(release)
+        except ReleaseMissed as missed:
+            return [SendResult(error=missed) for _ in emails]
         return [self._write(email) for email in emails]
 
     def _write(self, email: Email) -> SendResult:

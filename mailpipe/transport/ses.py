@@ -87,6 +87,8 @@ class SesTransport:
         client.meta.events.register("before-call.sesv2.SendBulkEmail", self._swap_body)
 
     def _hold(self, **_: Any) -> None:
+        # A missed release raises out of botocore before anything is sent, and
+        # stays set: every call of this send then misses it too.
         hold_until(getattr(self._local, "release", None))
         self._local.release = None  # later calls of the same send go at once
 
