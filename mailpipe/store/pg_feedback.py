@@ -79,11 +79,14 @@ def record_event(
     hinted = next(((rid, to) for rid, to, _, by_hint in found if by_hint), None)
     matches = match_recipients(event, candidates, hinted)
     rows = result_rows(matches)
+    # In request order: each first result of a type takes its result_firsts key,
+    # and two records about the same requests then take them in the same order.
+    ordered = sorted(rows, key=lambda m: (m[0] is None, m[0] or 0))
     with conn.cursor() as cur:
         cur.executemany(
             f"INSERT INTO email_results ({RESULT_COLUMNS})"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            result_values(event, sns_message_id, rows, now),
+            result_values(event, sns_message_id, ordered, now),
         )
     wanted = suppressions_of(event, matches)
     source = event.ses_message_id or sns_message_id

@@ -17,6 +17,7 @@ from typing import Final
 from mailpipe.model import IdempotencyKey, InsertResult, NewMessage
 from mailpipe.status import Status
 from mailpipe.store import pg_feedback as _sql
+from mailpipe.store.pg_counts import add_created
 from mailpipe.store.pg_pool import Conn
 from mailpipe.timeutil import to_db
 
@@ -41,10 +42,14 @@ def insert_all(
             conn.rollback()
             return InsertResult(0, False, earlier, replayed=True)
     due_now = False
+    created: dict[str, int] = {}
     for msg in messages:
         when = msg.due_at(now)
         due_now = due_now or when <= now
         insert_message(conn, msg, when, now)
+        if msg.topic_id is not None:
+            created[msg.topic_id] = created.get(msg.topic_id, 0) + len(msg.emails)
+    add_created(conn, created.items())  # the topics' counters: a row per topic, not per recipient
     count = sum(len(msg.emails) for msg in messages)
     answer = None
     if key is not None:

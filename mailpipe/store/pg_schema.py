@@ -134,6 +134,95 @@ MIGRATIONS: Final[dict[int, str]] = {
         name  text PRIMARY KEY,
         value text NOT NULL
     );
+    """,    # A deep backlog costs nothing: claims walk pending rows by (scheduled_at, id),
+    # reading due rows only (the two indexes it replaces served nothing else).
+    # Topic counts are counters, kept in the transactions that change the rows,
+    # as rows of deltas: every writer only inserts (no row every instance
+    # updates, no lock to wait for, no deadlock), a read sums the topic's few
+    # rows, and the store's upkeep folds the deltas into topic_counts. Inserts
+    # add their deltas in the store's code (one row per message, not per
+    # recipient: COPY stays as fast); every UPDATE of requests adds one row per
+    # (topic, status) it changed through a statement trigger; a request's
+    # first result of a type (result_firsts, a unique key even across
+    # concurrent transactions) adds one to its topic's count of that type.
+    3: """
+    CREATE INDEX idx_email_requests_pending
+        ON email_requests(scheduled_at, id) WHERE status = 0;
+    DROP INDEX idx_email_requests_pending_due;
+    DROP INDEX idx_email_requests_pending_id;
+    CREATE TABLE topic_counts (
+        topic_id text NOT NULL,
+        status   integer NOT NULL,
+        n        bigint NOT NULL,
+        PRIMARY KEY (topic_id, status)
+    );
+    CREATE TABLE topic_count_deltas (
+        id       bigserial PRIMARY KEY,
+        topic_id text NOT NULL,
+        status   integer NOT NULL,
+        n        bigint NOT NULL
+    );
+    CREATE INDEX idx_topic_count_deltas_topic ON topic_count_deltas(topic_id);
+    CREATE TABLE topic_result_counts (
+        topic_id text NOT NULL,
+        status   text NOT NULL,
+        n        bigint NOT NULL,
+        PRIMARY KEY (topic_id, status)
+    );
+    CREATE TABLE topic_result_deltas (
+        id       bigserial PRIMARY KEY,
+        topic_id text NOT NULL,
+        status   text NOT NULL,
+        n        bigint NOT NULL
+    );
+    CREATE INDEX idx_topic_result_deltas_topic ON topic_result_deltas(topic_id);
+    CREATE TABLE result_firsts (
+        request_id bigint NOT NULL,
+        status     text NOT NULL,
+        PRIMARY KEY (request_id, status)
+    );
+    INSERT INTO topic_counts (topic_id, status, n)
+        SELECT topic_id, status, count(*) FROM email_requests
+        WHERE topic_id IS NOT NULL AND deleted_at IS NULL GROUP BY topic_id, status;
+    INSERT INTO result_firsts (request_id, status)
+        SELECT DISTINCT request_id, status FROM email_results WHERE request_id IS NOT NULL;
+    INSERT INTO topic_result_counts (topic_id, status, n)
+        SELECT q.topic_id, f.status, count(*) FROM result_firsts f
+        JOIN email_requests q ON q.id = f.request_id
+        WHERE q.topic_id IS NOT NULL GROUP BY q.topic_id, f.status;
+    CREATE FUNCTION mailpipe_count_status_changes() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO topic_count_deltas (topic_id, status, n)
+        SELECT topic_id, status, sum(n) FROM (
+            SELECT topic_id, status, -count(*) AS n FROM old_rows
+            WHERE topic_id IS NOT NULL AND deleted_at IS NULL GROUP BY topic_id, status
+            UNION ALL
+            SELECT topic_id, status, count(*) AS n FROM new_rows
+            WHERE topic_id IS NOT NULL AND deleted_at IS NULL GROUP BY topic_id, status
+        ) AS d GROUP BY topic_id, status HAVING sum(n) <> 0;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER email_requests_counts AFTER UPDATE ON email_requests
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION mailpipe_count_status_changes();
+    CREATE FUNCTION mailpipe_count_result() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.request_id IS NULL THEN
+            RETURN NULL;
+        END IF;
+        INSERT INTO result_firsts (request_id, status) VALUES (NEW.request_id, NEW.status)
+            ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO topic_result_deltas (topic_id, status, n)
+            SELECT topic_id, NEW.status, 1 FROM email_requests
+            WHERE id = NEW.request_id AND topic_id IS NOT NULL;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER email_results_counts AFTER INSERT ON email_results
+        FOR EACH ROW EXECUTE FUNCTION mailpipe_count_result();
     """,
 }
 

@@ -43,6 +43,7 @@ from mailpipe.store import pg_feedback as _sql
 from mailpipe.store.base import Cluster, TopicStats
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
 from mailpipe.store.pg_cluster import PgCluster, publish_in, settle, stop_rows
+from mailpipe.store.pg_counts import TOPIC_STATS, fold_count_deltas
 from mailpipe.store.pg_ingest import insert_all
 from mailpipe.store.pg_pool import Conn, PgPool
 from mailpipe.store.pg_schema import migrate
@@ -61,13 +62,15 @@ PRUNE_EVERY_S: Final = 5.0
 """Seconds between prunes of old events, SNS MessageIds and stops."""
 
 # Status codes are interpolated, not bound: the partial indexes (``WHERE status = 0``
-# and the others) serve a query only when it names the same constant.
+# and the others) serve a query only when it names the same constant. Claims and
+# the next due time walk idx_email_requests_pending, by (scheduled_at, id): they
+# read due rows only, however many wait for later.
 _CLAIM: Final = (
     "WITH claimed AS ("
     f" UPDATE email_requests SET status = {Status.PROCESSING:d}, owner = %(me)s,"
     " updated_at = %(now)s"
     f" WHERE id IN (SELECT id FROM email_requests WHERE status = {Status.CREATED:d}"
-    " AND scheduled_at <= %(now)s AND deleted_at IS NULL ORDER BY id LIMIT %(n)s"
+    " AND scheduled_at <= %(now)s AND deleted_at IS NULL ORDER BY scheduled_at, id LIMIT %(n)s"
     " FOR UPDATE SKIP LOCKED)"
     # An instance whose lease was taken over claims nothing more.
     " AND EXISTS (SELECT 1 FROM instances WHERE id = %(me)s)"
@@ -248,23 +251,18 @@ class PostgresStore:
         return await self._pool.run(txn)
 
     async def topic_stats(self, topic_id: str) -> TopicStats:
-        """The topic's requests per status and results per event type."""
+        """The topic's requests per status and results per event type, read from its
+        counters and their deltas (a few rows, however big the topic)."""
 
         def query(conn: Conn) -> TopicStats:
             requests = dict.fromkeys(Status, 0)
-            for status, n in conn.execute(
-                "SELECT status, count(*) FROM email_requests"
-                " WHERE topic_id = %s AND deleted_at IS NULL GROUP BY status",
-                (topic_id,),
-            ).fetchall():
-                requests[Status(status)] = n
-            results = conn.execute(
-                "SELECT r.status, count(DISTINCT r.request_id) FROM email_results r"
-                " JOIN email_requests q ON q.id = r.request_id"
-                " WHERE q.topic_id = %s GROUP BY r.status",
-                (topic_id,),
-            ).fetchall()
-            return TopicStats(requests, {status: n for status, n in results})
+            results: dict[str, int] = {}
+            for kind, status, n in conn.execute(TOPIC_STATS, {"t": topic_id}).fetchall():
+                if kind == "request":
+                    requests[Status(int(status))] = int(n)
+                else:
+                    results[status] = int(n)
+            return TopicStats(requests, results)
 
         return await self._pool.run(query)
 
@@ -356,7 +354,7 @@ class PostgresStore:
 
     async def prune(self, now: datetime) -> None:
         """Forget events older than an hour, SNS MessageIds older than a week, and
-        stops older than a week."""
+        stops older than a week; fold the topic counters' deltas."""
 
         def txn(conn: Conn) -> None:
             conn.execute(
@@ -368,6 +366,7 @@ class PostgresStore:
             conn.execute("DELETE FROM topic_stops WHERE created_at < %s", (now - STOPS_KEEP,))
 
         await self._pool.run(txn)
+        await self._pool.run(fold_count_deltas)
 
     async def after_large_insert(self) -> None:
         """Nothing: autovacuum keeps the planner's statistics."""

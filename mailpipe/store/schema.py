@@ -117,6 +117,53 @@ MIGRATIONS: dict[int, str] = {
         created_at  TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # A deep backlog costs nothing. Claims walk idx_email_requests_pending_due,
+    # which is by (scheduled_at, rowid = id): only due rows are read, so the id
+    # index on pending rows serves no query any more (and cost ingest a write
+    # per recipient). Topic counts are counters kept in the transactions that
+    # change the rows: inserts add to them in the store's code (one statement
+    # per message, not one per recipient: ingest stays as fast); a status
+    # change moves one count of its topic from the old status to the new one;
+    # a request's first result of a type adds one to its topic's count of it.
+    8: """
+    DROP INDEX idx_email_requests_pending_id;
+    CREATE TABLE topic_counts (
+        topic_id  TEXT NOT NULL,
+        status    INTEGER NOT NULL,
+        n         INTEGER NOT NULL,
+        PRIMARY KEY (topic_id, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE topic_result_counts (
+        topic_id  TEXT NOT NULL,
+        status    TEXT NOT NULL,
+        n         INTEGER NOT NULL,
+        PRIMARY KEY (topic_id, status)
+    ) WITHOUT ROWID;
+    INSERT INTO topic_counts (topic_id, status, n)
+        SELECT topic_id, status, COUNT(*) FROM email_requests
+        WHERE topic_id IS NOT NULL AND deleted_at IS NULL GROUP BY topic_id, status;
+    INSERT INTO topic_result_counts (topic_id, status, n)
+        SELECT q.topic_id, r.status, COUNT(DISTINCT r.request_id) FROM email_results r
+        JOIN email_requests q ON q.id = r.request_id
+        WHERE q.topic_id IS NOT NULL GROUP BY q.topic_id, r.status;
+    CREATE TRIGGER email_requests_counts AFTER UPDATE OF status ON email_requests
+    WHEN OLD.status <> NEW.status AND OLD.topic_id IS NOT NULL AND OLD.deleted_at IS NULL
+    BEGIN
+        UPDATE topic_counts SET n = n - 1 WHERE topic_id = OLD.topic_id AND status = OLD.status;
+        INSERT INTO topic_counts (topic_id, status, n) VALUES (NEW.topic_id, NEW.status, 1)
+            ON CONFLICT (topic_id, status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER email_results_counts AFTER INSERT ON email_results
+    WHEN NEW.request_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM email_results
+        WHERE request_id = NEW.request_id AND status = NEW.status AND id <> NEW.id)
+    BEGIN
+        INSERT INTO topic_result_counts (topic_id, status, n)
+            SELECT topic_id, NEW.status, 1 FROM email_requests
+            WHERE id = NEW.request_id AND topic_id IS NOT NULL
+            ON CONFLICT (topic_id, status) DO UPDATE SET n = n + 1;
+    END;
+    """,
 }
 
 

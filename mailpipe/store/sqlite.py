@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -55,7 +55,9 @@ T = TypeVar("T")
 
 
 # Status codes are interpolated, not bound: the partial indexes (``WHERE status = 0``,
-# ``WHERE status = 2``) serve a query only when it names the same constant.
+# ``WHERE status = 2``) serve a query only when it names the same constant. Claims,
+# the wake-up and the next due time walk idx_email_requests_pending_due, by
+# (scheduled_at, id): they read due rows only, however many wait for later.
 _ANY_DUE: Final = (
     f"SELECT 1 FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?"
     " AND deleted_at IS NULL LIMIT 1"
@@ -63,7 +65,7 @@ _ANY_DUE: Final = (
 _CLAIM: Final = (
     f"UPDATE email_requests SET status = {Status.PROCESSING:d}, updated_at = ?1 WHERE id IN ("
     f" SELECT id FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?1"
-    " AND deleted_at IS NULL ORDER BY id LIMIT ?2)"
+    " AND deleted_at IS NULL ORDER BY scheduled_at, id LIMIT ?2)"
     ' RETURNING id, topic_id, "to", content_id, data, '
 )
 _STOP_SUPPRESSED: Final = (
@@ -78,6 +80,15 @@ _RECORD_OUTCOME: Final = (
     "UPDATE email_requests SET status = ?, message_id = COALESCE(?, message_id),"
     " error = ?, attempts = attempts + ?, updated_at = ? WHERE id = ?"
     f" AND status = {Status.PROCESSING:d}"
+)
+_ADD_CREATED: Final = (
+    "INSERT INTO topic_counts (topic_id, status, n)"
+    f" VALUES (?, {Status.CREATED:d}, ?)"
+    " ON CONFLICT (topic_id, status) DO UPDATE SET n = n + excluded.n"
+)
+_TOPIC_COUNTS: Final = "SELECT status, n FROM topic_counts WHERE topic_id = ?"
+_TOPIC_RESULT_COUNTS: Final = (
+    "SELECT status, n FROM topic_result_counts WHERE topic_id = ? AND n > 0"
 )
 _COUNT_SENT_SINCE: Final = (
     f"SELECT COUNT(*) FROM email_requests WHERE status = {Status.SENT:d} AND updated_at >= ?"
@@ -128,6 +139,17 @@ def _stop_rows(
         _STOP_TOPIC,
         (to_db(now), topic_id, upto, json.dumps(list(exclude))),
     ).rowcount)
+
+
+@contextlib.contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A deferred transaction: every read in it sees the same commit."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
 
 def _connect(path: Path, cache_mb: int = 64) -> sqlite3.Connection:
@@ -248,6 +270,7 @@ class SqliteStore:
         def txn(conn: sqlite3.Connection) -> InsertResult:
             count = 0
             due_now = False
+            added: dict[str, int] = {}
             conn.execute("BEGIN IMMEDIATE")
             if key is not None:
                 earlier = _idempotency.earlier_answer(conn, key, now)
@@ -276,6 +299,11 @@ class SqliteStore:
                 sql, rows = _requests_insert(msg)
                 conn.execute(sql, (msg.topic_id, content_id, to_db(when), now_text, rows))
                 count += len(msg.emails)
+                if msg.topic_id is not None:
+                    added[msg.topic_id] = added.get(msg.topic_id, 0) + len(msg.emails)
+            # The topics' counters, one statement per topic (status changes are
+            # counted by migration 8's trigger, per row: not worth it here).
+            conn.executemany(_ADD_CREATED, added.items())
             answer = None
             if key is not None:
                 answer = key.answer(count)
@@ -288,7 +316,8 @@ class SqliteStore:
     # -- sending -----------------------------------------------------------
 
     async def claim_due(self, now: datetime, limit: int) -> list[Claimed]:
-        """Move up to ``limit`` due CREATED rows to PROCESSING, lowest id first.
+        """Move up to ``limit`` due CREATED rows to PROCESSING, earliest due first
+        (then lowest id).
 
         Claimed rows whose address is on the suppression list go to STOPPED with
         the error ``suppressed: <reason>`` in the same transaction and are not
@@ -458,25 +487,16 @@ class SqliteStore:
     # -- queries -----------------------------------------------------------
 
     async def topic_stats(self, topic_id: str) -> TopicStats:
-        """Counts of the topic's requests per status and of its results per event type."""
+        """Counts of the topic's requests per status and of its results per event
+        type, read from the counters (a few rows, however big the topic)."""
 
         def query(conn: sqlite3.Connection) -> TopicStats:
             requests = dict.fromkeys(Status, 0)
-            rows = conn.execute(
-                "SELECT status, COUNT(*) FROM email_requests"
-                " WHERE topic_id = ? AND deleted_at IS NULL GROUP BY status",
-                (topic_id,),
-            ).fetchall()
-            for status, n in rows:
-                requests[Status(status)] = n
-            results = dict(
-                conn.execute(
-                    "SELECT r.status, COUNT(DISTINCT r.request_id) FROM email_results r"
-                    " JOIN email_requests q ON q.id = r.request_id"
-                    " WHERE q.topic_id = ? GROUP BY r.status",
-                    (topic_id,),
-                ).fetchall()
-            )
+            # One read transaction: the two tables at the same commit.
+            with read_transaction(conn):
+                for status, n in conn.execute(_TOPIC_COUNTS, (topic_id,)).fetchall():
+                    requests[Status(status)] = n
+                results = dict(conn.execute(_TOPIC_RESULT_COUNTS, (topic_id,)).fetchall())
             return TopicStats(requests, results)
 
         return await self._r.run(query)
