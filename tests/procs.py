@@ -88,6 +88,11 @@ class ServiceProcess:
                               "content": "<p>Hello</p>", **extra}]}
         return self.client.post("/v1/messages", json=body)
 
+    def stats_full(self, topic: str) -> dict[str, Any]:
+        """The topic's answer to ``GET /v1/topics/{id}`` (request and result counts)."""
+        result: dict[str, Any] = self.client.get(f"/v1/topics/{topic}").json()
+        return result
+
     def stats(self, topic: str) -> dict[str, Any]:
         """The topic's request counts."""
         result: dict[str, Any] = self.client.get(f"/v1/topics/{topic}").json()["request"]
