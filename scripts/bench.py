@@ -14,6 +14,10 @@ Phases (each against a fresh service and database):
            boto3 send_email loop with 16 threads against the same endpoint
   http     signed SNS notifications, open pixels and bare /health per second
   backlog  service RSS with 1,000,000 rows pending
+  deep     one service: the ceiling of 20,000 due now; then --backlog N rows
+           (3,000,000; 300,000 with --quick) scheduled for tomorrow; then the
+           ceiling again, the one-recipient latency (median of 5), the big
+           topic's GET /v1/topics/{id} (median of 5) and RSS
 
 With ``--store postgres`` (a PostgreSQL server at ``--pg``, default the local
 socket; each phase on a database of its own, dropped afterwards):
@@ -21,6 +25,8 @@ socket; each phase on a database of its own, dropped afterwards):
               same run, and of two instances sharing one database
   pg rate     the busiest 1-second window of 3 instances at EMAIL_RATE=100 (30 s)
   pg ingest   one POST of 100,000 recipients on PostgreSQL
+  deep        the deep phase on PostgreSQL (``pg_`` figures); ``--only deep``
+              runs it alone, ``--only pg`` the others
 """
 
 from __future__ import annotations
@@ -197,21 +203,28 @@ def emails(prefix: str, n: int) -> list[str]:
 # -- phases -------------------------------------------------------------------
 
 
+def timed_post(svc: Service, topic: str, addresses: list[str], ahead_s: float) -> float:
+    """POST one message to ``addresses``, due in ``ahead_s`` seconds (so nothing
+    sends); the seconds until it was answered. The body is encoded before the
+    clock starts: the client's JSON work is not the service's."""
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + ahead_s))
+    body = json.dumps({"messages": [{
+        "topicId": topic, "emails": addresses, "subject": "Bench", "content": CONTENT,
+        "scheduledAt": later}]}).encode()
+    started = time.perf_counter()
+    response = svc.http.post("/v1/messages", content=body,
+                             headers={"content-type": "application/json"})
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    assert response.json()["count"] == len(addresses)
+    return elapsed
+
+
 def bench_ingest(fake: Fake, runs: int, env: dict[str, Any] | None = None) -> float:
-    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     figures = []
     with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100, **(env or {})}) as svc:
         for run in range(runs):
-            # Encoded before the clock starts: the client's JSON work is not the service's.
-            body = json.dumps({"messages": [{
-                "topicId": f"ingest{run}", "emails": emails(f"ingest{run}-", 100_000),
-                "subject": "Bench", "content": CONTENT, "scheduledAt": later}]}).encode()
-            started = time.perf_counter()
-            response = svc.http.post("/v1/messages", content=body,
-                                     headers={"content-type": "application/json"})
-            elapsed = time.perf_counter() - started
-            response.raise_for_status()
-            assert response.json()["count"] == 100_000
+            elapsed = timed_post(svc, f"ingest{run}", emails(f"ingest{run}-", 100_000), 3600)
             figures.append(100_000 / elapsed)
     return statistics.median(figures)
 
@@ -240,52 +253,72 @@ def bench_rate(fake: Fake, seconds: float) -> dict[str, float]:
     }
 
 
-def bench_latency(fake: Fake, samples: int) -> dict[str, float]:
+def latency_samples(fake: Fake, svc: Service, samples: int) -> list[float]:
+    """Milliseconds from the POST of one due-now recipient to its arrival at the
+    endpoint (no endpoint latency), ``samples`` times on the running ``svc``; sorted."""
     fake.reset()
     fake.configure(latency=0.0)
     latencies = []
-    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100}) as svc:
-        svc.post("warmup", ["warmup@example.com"])
-        wait_until(lambda: fake.stats()["recipients"] >= 1, timeout=10)
-        for i in range(samples):
-            before = fake.stats()["recipients"]
-            started = time.time()
-            svc.post(f"lat{i}", [f"lat{i}@example.com"])
-            def arrived(b: int = before) -> bool:
-                return bool(fake.stats()["recipients"] > b)
+    svc.post("warmup", ["warmup@example.com"])
+    wait_until(lambda: fake.stats()["recipients"] >= 1, timeout=10)
+    for i in range(samples):
+        before = fake.stats()["recipients"]
+        started = time.time()
+        svc.post(f"lat{i}", [f"lat{i}@example.com"])
+        def arrived(b: int = before) -> bool:
+            return bool(fake.stats()["recipients"] > b)
 
-            wait_until(arrived, 10, 0.002)
-            arrival = fake.received(offset=before)[0]["arrival_wall"]
-            latencies.append((arrival - started) * 1000)
-            time.sleep(0.05)  # an idle service between samples
-    latencies.sort()
+        wait_until(arrived, 10, 0.002)
+        arrival = fake.received(offset=before)[0]["arrival_wall"]
+        latencies.append((arrival - started) * 1000)
+        time.sleep(0.05)  # an idle service between samples
+    return sorted(latencies)
+
+
+def bench_latency(fake: Fake, samples: int) -> dict[str, float]:
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100}) as svc:
+        latencies = latency_samples(fake, svc, samples)
     return {
         "latency_p50_ms": statistics.median(latencies),
         "latency_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
     }
 
 
-def bench_ceiling(fake: Fake, n: int, baseline_s: float) -> dict[str, float]:
+CEILING_ENV = {"EMAIL_RATE": 100_000, "MAX_CONCURRENT": 64}
+"""The ceiling's settings: the rate far out of reach."""
+
+
+def ceiling_on(fake: Fake, running: list[Service], n: int, topic: str) -> dict[str, float]:
+    """Sends per second of the ``running`` services (started with :data:`CEILING_ENV`)
+    sending ``n`` due-now recipients of ``topic`` posted to the first, with 50 ms
+    endpoint latency; also their CPU, the endpoint's and the largest RSS."""
     fake.reset()
     fake.configure(latency=0.05)
-    env = {"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100_000, "MAX_CONCURRENT": 64}
-    with service(env) as svc:
-        fake_cpu0 = fake.stats()["cpu_seconds"]
-        svc_cpu0 = svc.cpu_s()
-        svc.post("ceiling", emails("ceil", n))
-        wait_until(lambda: fake.stats()["recipients"] >= n, timeout=300)
-        svc_cpu = svc.cpu_s() - svc_cpu0
-        fake_cpu = fake.stats()["cpu_seconds"] - fake_cpu0
-        arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
-        wait_until(lambda: svc.stats("ceiling")["sent"] >= n, timeout=60)
+    fake_cpu0 = fake.stats()["cpu_seconds"]
+    cpu0 = sum(svc.cpu_s() for svc in running)
+    running[0].post(topic, emails(topic, n))
+    wait_until(lambda: fake.stats()["recipients"] >= n, timeout=300)
+    cpu = sum(svc.cpu_s() for svc in running) - cpu0
+    fake_cpu = fake.stats()["cpu_seconds"] - fake_cpu0
+    arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
+    wait_until(lambda: running[0].stats(topic)["sent"] >= n, timeout=60)
     span = arrivals[-1] - arrivals[0]
+    # Sends that started in [first, last): a bulk call's entries share one arrival time.
+    return {"sends_per_s": bisect.bisect_left(arrivals, arrivals[-1]) / span,
+            "service_cpu_s": cpu, "endpoint_cpu_s": fake_cpu, "span_s": span,
+            "rss_mb": max(svc.rss_mb() for svc in running)}
+
+
+def bench_ceiling(fake: Fake, n: int, baseline_s: float) -> dict[str, float]:
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, **CEILING_ENV}) as svc:
+        measured = ceiling_on(fake, [svc], n, "ceiling")
     fake.reset()
     baseline = boto3_baseline(fake.url, baseline_s)
     return {
-        "ceiling_sends_per_s": bisect.bisect_left(arrivals, arrivals[-1]) / span,
-        "ceiling_service_cpu_s": svc_cpu,
-        "ceiling_endpoint_cpu_s": fake_cpu,
-        "ceiling_span_s": span,
+        "ceiling_sends_per_s": measured["sends_per_s"],
+        "ceiling_service_cpu_s": measured["service_cpu_s"],
+        "ceiling_endpoint_cpu_s": measured["endpoint_cpu_s"],
+        "ceiling_span_s": measured["span_s"],
         "baseline_boto3_sends_per_s": baseline,
     }
 
@@ -464,6 +497,46 @@ def bench_backlog(fake: Fake, rows: int) -> float:
         return svc.rss_mb()
 
 
+def load_backlog(svc: Service, rows: int, topic: str = "backlog") -> float:
+    """Store ``rows`` recipients of ``topic`` due tomorrow by POSTs of 100,000, the
+    ingest phase's fastest path; the seconds the service took."""
+    return sum(timed_post(svc, topic, emails(f"b{start}-", min(100_000, rows - start)), 86_400)
+               for start in range(0, rows, 100_000))
+
+
+def bench_deep_backlog(fake: Fake, rows: int, n: int, env: dict[str, Any] | None = None,
+                       prefix: str = "") -> dict[str, float]:
+    """Claims, latency and topic stats must not grow with the rows that wait.
+
+    One service, one database: the ceiling of ``n`` due-now recipients (as in the
+    ceiling phase); then ``rows`` recipients scheduled for tomorrow; then the same
+    ceiling again, the one-recipient latency (median of 5), ``GET /v1/topics/{id}``
+    of the big topic (median of 5) and the RSS."""
+    with service({"AWS_ENDPOINT_URL_SESV2": fake.url, **CEILING_ENV, **(env or {})}) as svc:
+        before = ceiling_on(fake, [svc], n, "due0")
+        took = load_backlog(svc, rows)
+        after = ceiling_on(fake, [svc], n, "due1")
+        latencies = latency_samples(fake, svc, samples=5)
+        stats_ms = []
+        for _ in range(5):
+            started = time.perf_counter()
+            pending = svc.stats("backlog")
+            stats_ms.append((time.perf_counter() - started) * 1000)
+        assert pending["created"] == rows, pending
+        rss = svc.rss_mb()
+    return {
+        f"{prefix}backlog_rows": rows,
+        f"{prefix}backlog_ingest_s": took,
+        f"{prefix}backlog_ingest_recipients_per_s": rows / took,
+        f"{prefix}ceiling_without_backlog_sends_per_s": before["sends_per_s"],
+        f"{prefix}ceiling_with_backlog_sends_per_s": after["sends_per_s"],
+        f"{prefix}backlog_ceiling_ratio": after["sends_per_s"] / before["sends_per_s"],
+        f"{prefix}backlog_latency_p50_ms": statistics.median(latencies),
+        f"{prefix}backlog_topic_stats_ms": statistics.median(stats_ms),
+        f"{prefix}backlog_rss_mb": max(rss, after["rss_mb"]),
+    }
+
+
 # -- several instances on PostgreSQL -----------------------------------------
 
 
@@ -501,22 +574,11 @@ def services(n: int, env: dict[str, Any]) -> Iterator[list[Service]]:
 
 
 def ceiling_of(fake: Fake, n: int, env: dict[str, Any], instances: int = 1) -> dict[str, float]:
-    """Sends per second of ``instances`` services sharing ``n`` recipients, rate unbounded."""
-    fake.reset()
-    fake.configure(latency=0.05)
-    env = {"AWS_ENDPOINT_URL_SESV2": fake.url, "EMAIL_RATE": 100_000, "MAX_CONCURRENT": 64,
-           **env}
-    with services(instances, env) as running:
-        cpu0 = sum(svc.cpu_s() for svc in running)
-        running[0].post("ceiling", emails("ceil", n))
-        wait_until(lambda: fake.stats()["recipients"] >= n, timeout=300)
-        cpu = sum(svc.cpu_s() for svc in running) - cpu0
-        arrivals = sorted(m["arrival_monotonic"] for m in fake.received())
-        wait_until(lambda: running[0].stats("ceiling")["sent"] >= n, timeout=60)
-        rss = max(svc.rss_mb() for svc in running)
-    span = arrivals[-1] - arrivals[0]
-    return {"sends_per_s": bisect.bisect_left(arrivals, arrivals[-1]) / span,
-            "service_cpu_s": cpu, "rss_mb": rss}
+    """Sends per second of ``instances`` fresh services sharing ``n`` recipients, rate
+    unbounded."""
+    with services(instances, {"AWS_ENDPOINT_URL_SESV2": fake.url, **CEILING_ENV,
+                              **env}) as running:
+        return ceiling_on(fake, running, n, "ceiling")
 
 
 def sent_total(svc: Service) -> float:
@@ -525,8 +587,15 @@ def sent_total(svc: Service) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def bench_postgres(fake: Fake, server: str, quick: bool) -> dict[str, float]:
+def bench_postgres(fake: Fake, server: str, quick: bool, backlog: int,
+                   phase: Callable[[str], bool]) -> dict[str, float]:
     results: dict[str, float] = {}
+    if phase("deep"):
+        with pg_database(server) as url:
+            results.update(bench_deep_backlog(fake, backlog, 20_000, {"DATABASE_URL": url},
+                                              prefix="pg_"))
+    if not phase("pg"):
+        return results
     n = 20_000 if quick else 50_000
     sqlite = ceiling_of(fake, n, {})
     with pg_database(server) as url:
@@ -568,9 +637,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="finish within 3 minutes")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--only", help="comma-separated phases: ingest,rate,latency,ceiling,"
-                        "http,backlog (for profiling)")
+                        "http,backlog,deep; with --store postgres: pg,deep (for profiling)")
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
                         help="postgres: the several-instances phases instead")
+    parser.add_argument("--backlog", type=int, default=None, metavar="N",
+                        help="rows scheduled for later in the deep phase (default 3,000,000;"
+                        " 300,000 with --quick)")
     parser.add_argument("--pg", default="postgresql://postgres@/postgres?host=/var/run/postgresql",
                         help="the PostgreSQL server for --store postgres")
     args = parser.parse_args()
@@ -580,12 +652,13 @@ def main() -> int:
         return wanted is None or name in wanted
 
     quick = args.quick
+    backlog = args.backlog if args.backlog is not None else 300_000 if quick else 3_000_000
     started = time.monotonic()
     results: dict[str, Any] = {}
     fake = Fake("--max-send-rate", "1000000000")
     try:
         if args.store == "postgres":
-            results.update(bench_postgres(fake, args.pg, quick))
+            results.update(bench_postgres(fake, args.pg, quick, backlog, phase))
             wanted = set()  # the PostgreSQL phases only
         if phase('ingest'):
             results["ingest_recipients_per_s"] = bench_ingest(fake, runs=3 if quick else 5)
@@ -605,6 +678,9 @@ def main() -> int:
             progress(results, started)
         if phase('backlog'):
             results["rss_mb_backlog"] = bench_backlog(fake, 1_000_000)
+            progress(results, started)
+        if phase('deep'):
+            results.update(bench_deep_backlog(fake, backlog, 20_000))
             progress(results, started)
         results["endpoint_cpu_s_total"] = fake.stats()["cpu_seconds"]
     finally:
@@ -629,6 +705,16 @@ TARGETS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
     "latency_p50_ms": ("<= 50", lambda r: r["latency_p50_ms"] <= 50),
     "rss_mb_backlog": ("<= 200", lambda r: r["rss_mb_backlog"] <= 200),
     "pg_vs_sqlite_ceiling": (">= 0.8", lambda r: r["pg_vs_sqlite_ceiling"] >= 0.8),
+    **{f"{p}backlog_ceiling_ratio": (">= 0.9", lambda r, p=p: r[f"{p}backlog_ceiling_ratio"] >= 0.9)
+       for p in ("", "pg_")},
+    **{f"{p}backlog_latency_p50_ms": ("<= 100",
+                                      lambda r, p=p: r[f"{p}backlog_latency_p50_ms"] <= 100)
+       for p in ("", "pg_")},
+    **{f"{p}backlog_topic_stats_ms": ("<= 100",
+                                      lambda r, p=p: r[f"{p}backlog_topic_stats_ms"] <= 100)
+       for p in ("", "pg_")},
+    **{f"{p}backlog_rss_mb": ("<= 200", lambda r, p=p: r[f"{p}backlog_rss_mb"] <= 200)
+       for p in ("", "pg_")},
     "pg_3_instances_max_1s_window": ("<= rate_target", lambda r: r[
         "pg_3_instances_max_1s_window"] <= r["pg_3_instances_rate_target"]),
     "pg_3_instances_min_share": ("> 0", lambda r: r["pg_3_instances_min_share"] > 0),
