@@ -1,8 +1,8 @@
 """The scheduler: claims due requests and feeds them to the sender pool.
 
-It claims in batches (``CREATED → PROCESSING``, lowest id first), loads each
-content once, and blocks on the bounded job channel when the senders are
-busy, so memory stays bounded however large the backlog. It sleeps until the
+It claims in batches (``CREATED → PROCESSING``, earliest due first, then
+lowest id), loads each content once, and blocks on the bounded job channel
+when the senders are busy, so memory stays bounded however large the backlog. It sleeps until the
 API nudges it (due-now rows were committed), the earliest ``scheduled_at``
 arrives, or ``poll`` seconds pass, whichever is first.
 """

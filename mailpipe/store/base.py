@@ -142,8 +142,10 @@ class Store(Protocol):
 
     async def claim_due(self, now: datetime, limit: int) -> list[Claimed]:
         """Move up to ``limit`` due CREATED rows to PROCESSING (held by this
-        instance), lowest id first. Rows to suppressed addresses go to STOPPED
-        (``suppressed: <reason>``) in the same transaction and are not returned."""
+        instance): earliest ``scheduled_at`` first, then lowest id, returned in
+        id order. Reads due rows only, however many wait for later. Rows to
+        suppressed addresses go to STOPPED (``suppressed: <reason>``) in the
+        same transaction and are not returned."""
 
     async def next_scheduled_at(self) -> datetime | None:
         """When the earliest CREATED row falls due, or None when there is none."""
@@ -181,7 +183,9 @@ class Store(Protocol):
         how many. Other instances learn of it through a ``stop`` event."""
 
     async def topic_stats(self, topic_id: str) -> TopicStats:
-        """The topic's requests per status and results per event type."""
+        """The topic's requests per status and distinct requests per result type,
+        from counters kept in the transactions that change the rows (a few rows
+        read, however big the topic)."""
 
     async def count_sent_since(self, since: datetime) -> int:
         """How many requests reached SENT at or after ``since``."""

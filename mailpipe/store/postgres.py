@@ -139,7 +139,8 @@ class PostgresStore:
 
     async def claim_due(self, now: datetime, limit: int) -> list[Claimed]:
         """Move up to ``limit`` due CREATED rows to PROCESSING held by this instance,
-        lowest id first, skipping rows another instance is claiming. Rows to
+        earliest due first (then lowest id), skipping rows another instance is
+        claiming. Rows to
         suppressed addresses go to STOPPED in the same transaction."""
 
         def txn(conn: Conn) -> list[Claimed]:
