@@ -134,7 +134,8 @@ MIGRATIONS: Final[dict[int, str]] = {
         name  text PRIMARY KEY,
         value text NOT NULL
     );
-    """,    # A deep backlog costs nothing: claims walk pending rows by (scheduled_at, id),
+    """,
+    # A deep backlog costs nothing: claims walk pending rows by (scheduled_at, id),
     # reading due rows only (the two indexes it replaces served nothing else).
     # Topic counts are counters, kept in the transactions that change the rows,
     # as rows of deltas: every writer only inserts (no row every instance
