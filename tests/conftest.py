@@ -21,8 +21,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pgkit  # noqa: E402  (found through the path above)
+from fake_ses import FakeSES  # noqa: E402
 
 API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSES]:
+    """A fake SES endpoint that boto3 clients made in the test send to."""
+    with FakeSES() as ses:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", ses.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        yield ses
 
 
 def make_config(tmp_path: Path, **env: Any) -> Config:

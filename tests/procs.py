@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from conftest import API_KEY
+from fake_ses import FakeSES
 
 READY = re.compile(r"mailpipe ready on (http://\S+):")
 
@@ -106,6 +107,19 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.02) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(interval)
+
+
+def killed_mid_send(
+    workdir: Path, env: dict[str, Any], ses: FakeSES, topic: str, emails: list[str],
+    after: int = 500,
+) -> None:
+    """Start ``python -m mailpipe``, post ``emails`` to ``topic`` and ``kill -9`` it
+    once ``ses`` has received ``after`` of them."""
+    svc = ServiceProcess(workdir, env)
+    assert svc.post(topic, emails).status_code == 200
+    wait_until(lambda: len(ses.received) >= after, timeout=30)
+    svc.signal(signal.SIGKILL)
+    assert svc.wait(timeout=10) == -signal.SIGKILL
 
 
 @contextmanager

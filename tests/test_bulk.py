@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ from fake_ses import FakeSES
 from mailpipe.errors import PermanentSendError, Throttled
 from mailpipe.transport import Email, request_headers, request_tags
 from mailpipe.transport.ses import MAX_REPLACEMENT_DATA, SesTransport, make_client
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSES]:
-    with FakeSES() as ses:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", ses.url)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        yield ses
 
 
 def email(i: int, **kw: object) -> Email:

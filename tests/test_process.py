@@ -7,7 +7,6 @@ import collections
 import gc
 import itertools
 import re
-import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from bench import Fake
 from fake_ses import FakeSES
-from procs import ServiceProcess, wait_until
+from procs import ServiceProcess, killed_mid_send, wait_until
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -125,11 +124,7 @@ def test_kill_9_mid_send_then_restart_delivers_everyone(tmp_path: Path) -> None:
     env = {"EMAIL_TRANSPORT": "ses", "EMAIL_RATE": 200, "MAX_CONCURRENT": 20}
     with FakeSES(latency=0.05) as ses:
         env["AWS_ENDPOINT_URL_SESV2"] = ses.url
-        svc = ServiceProcess(tmp_path, env)
-        assert svc.post("crash", emails).status_code == 200
-        wait_until(lambda: len(ses.received) >= 500, timeout=30)
-        svc.signal(signal.SIGKILL)
-        assert svc.wait(timeout=10) == -signal.SIGKILL
+        killed_mid_send(tmp_path, env, ses, "crash", emails)
         assert statuses(db).get(1, 0) > 0  # it really died mid-send
 
         again = ServiceProcess(tmp_path, env)

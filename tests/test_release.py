@@ -4,7 +4,6 @@ with a slack (several instances), refused once it is too late to leave."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from mailpipe.errors import ReleaseMissed
 from mailpipe.transport import Release, hold_until
 from mailpipe.transport.outbox import OutboxTransport
 from mailpipe.transport.ses import SesTransport, make_client
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSES]:
-    with FakeSES() as ses:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", ses.url)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        yield ses
 
 
 def past(seconds: float, slack: float | None, told: list[float]) -> Release:

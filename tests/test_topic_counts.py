@@ -4,7 +4,6 @@ plans, on both engines), and a topic's counts are counters that always equal
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -18,7 +17,7 @@ from countkit import assert_counters_match, stats_match
 from fake_ses import FakeSES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import ServiceProcess, wait_until
+from procs import ServiceProcess, killed_mid_send, wait_until
 
 from mailpipe.feedback.ses_events import SesEvent
 from mailpipe.model import NewMessage, Outcome
@@ -313,11 +312,7 @@ def test_counters_equal_counts_after_a_kill_9_mid_send_and_restart(
            **store_env}
     with FakeSES(latency=0.05) as ses:
         env["AWS_ENDPOINT_URL_SESV2"] = ses.url
-        svc = ServiceProcess(tmp_path, env)
-        assert svc.post("crash", emails).status_code == 200
-        wait_until(lambda: len(ses.received) >= 500, timeout=30)
-        svc.signal(signal.SIGKILL)
-        assert svc.wait(timeout=10) == -signal.SIGKILL
+        killed_mid_send(tmp_path, env, ses, "crash", emails)
 
         again = ServiceProcess(tmp_path, env)
         try:
