@@ -82,6 +82,23 @@ class Config:
     sns_cert_cache_dir: Path = _DB_PATH.parent / "sns-certs"
     tracking_secret: str | None = None
     log_level: str = "INFO"
+    webhook_retry_hours: float = 24.0
+    """How long an event is retried, and an endpoint may fail before it is disabled."""
+    webhook_backoff_s: float = 10.0
+    """The first retry's delay; each next one doubles, with jitter."""
+    webhook_backoff_max_s: float = 3600.0
+    webhook_timeout_s: float = 10.0
+    """One attempt, connect to last byte read."""
+    webhook_max_concurrent: int = 8
+    webhook_per_endpoint: int = 4
+    """Attempts in flight to one endpoint at once."""
+    webhook_max_response_bytes: int = 64 * 1024
+    """Bytes of a receiver's answer read at most."""
+    webhook_poll_s: float = 1.0
+    """How often the outbox is looked at for due deliveries."""
+    webhook_allow_private: bool = False
+    """Allow webhook URLs on loopback, private and link-local addresses (tests, labs)."""
+    webhook_max_endpoints: int = 100
 
     @property
     def store_address(self) -> str | Path:
@@ -181,6 +198,25 @@ def _from_env(env: Mapping[str, str]) -> Config:
         sns_cert_cache_dir=Path(get("SNS_CERT_CACHE_DIR") or data_dir / "sns-certs"),
         tracking_secret=get("TRACKING_SECRET"),
         log_level=parse("LOG_LEVEL", _choice(LOG_LEVELS), d.log_level),
+        webhook_retry_hours=parse(
+            "WEBHOOK_RETRY_HOURS", _float_range(0.0001, 720.0), d.webhook_retry_hours
+        ),
+        webhook_backoff_s=parse("WEBHOOK_BACKOFF_S", _float_range(0.001, 86400.0),
+                                d.webhook_backoff_s),
+        webhook_backoff_max_s=parse("WEBHOOK_BACKOFF_MAX_S", _float_range(0.001, 86400.0),
+                                    d.webhook_backoff_max_s),
+        webhook_timeout_s=parse("WEBHOOK_TIMEOUT_S", _float_range(0.1, 300.0),
+                                d.webhook_timeout_s),
+        webhook_max_concurrent=parse("WEBHOOK_MAX_CONCURRENT", _int_range(1, 1000),
+                                     d.webhook_max_concurrent),
+        webhook_per_endpoint=parse("WEBHOOK_PER_ENDPOINT", _int_range(1, 1000),
+                                   d.webhook_per_endpoint),
+        webhook_max_response_bytes=parse("WEBHOOK_MAX_RESPONSE_BYTES", _int_range(0, 1 << 24),
+                                         d.webhook_max_response_bytes),
+        webhook_poll_s=parse("WEBHOOK_POLL_S", _float_range(0.01, 60.0), d.webhook_poll_s),
+        webhook_allow_private=parse("WEBHOOK_ALLOW_PRIVATE", _bool, d.webhook_allow_private),
+        webhook_max_endpoints=parse("WEBHOOK_MAX_ENDPOINTS", _int_range(1, 10_000),
+                                    d.webhook_max_endpoints),
     )
 
 def _choose_transport(
@@ -268,6 +304,15 @@ def _postgres_url(raw: str) -> str:
     if not raw.startswith(("postgresql://", "postgres://")):
         raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
     return raw
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def _positive_float(raw: str) -> float:

@@ -48,6 +48,9 @@ from mailpipe.store import Cluster, Store, open_store
 from mailpipe.timeutil import utcnow
 from mailpipe.transport import Transport
 from mailpipe.transport.factory import open_transport
+from mailpipe.webhooks.dispatcher import Dispatcher, lease_for
+from mailpipe.webhooks.policy import RetryPolicy as WebhookRetryPolicy
+from mailpipe.webhooks.poster import HttpPoster, Limits, Post
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class Service:
     """Signs and checks the open, click and unsubscribe links."""
     cluster_sync: ClusterSync | None = None
     """Keeps this instance in step with the others (PostgreSQL only)."""
+    dispatcher: Dispatcher | None = None
+    """Delivers the webhook outbox."""
     addresses: AddressValidator = field(default_factory=AddressValidator)
     cpu_limiter: trio.CapacityLimiter = field(default_factory=partial(trio.CapacityLimiter, 2))
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
@@ -115,6 +120,11 @@ class Service:
         stopped = await self.store.stop_topic(topic_id, upto, exclude=handed, now=utcnow())
         self.metrics.stopped.inc(stopped)
         return stopped
+
+    def webhooks_due(self) -> None:
+        """A webhook delivery was made due now: look at the outbox at once."""
+        if self.dispatcher is not None:
+            self.dispatcher.nudge()
 
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
         """Withhold claimed rows to these (address, reason) pairs too."""
@@ -199,11 +209,33 @@ async def run_service(
             config.tracking_secret, config.data_dir / "tracking_secret", 32, "tracking_secret",
             store.cluster,
         )
-        async with open_transport(config) as (transport, rate):
-            svc = _assemble(config, store, api_key, tracking.encode("utf-8"), transport, rate)
-            await _supervise(svc, handle_signals, task_status)
+        poster = HttpPoster(
+            Limits(config.webhook_timeout_s, config.webhook_max_response_bytes,
+                   config.webhook_allow_private),
+            max_connections=config.webhook_max_concurrent,
+        )
+        try:
+            async with open_transport(config) as (transport, rate):
+                svc = _assemble(config, store, api_key, tracking.encode("utf-8"), transport, rate)
+                svc.dispatcher = _dispatcher(config, store, svc.metrics, poster)
+                await _supervise(svc, handle_signals, task_status)
+        finally:
+            poster.close()
         await _release_claims(store, svc)
     log.info("stopped")
+
+
+def _dispatcher(config: Config, store: Store, metrics: Metrics, post: Post) -> Dispatcher:
+    policy = WebhookRetryPolicy(
+        base_s=config.webhook_backoff_s,
+        max_s=config.webhook_backoff_max_s,
+        retry_hours=config.webhook_retry_hours,
+    )
+    return Dispatcher(
+        store.webhooks, post, metrics, policy=policy,
+        max_concurrent=config.webhook_max_concurrent, per_endpoint=config.webhook_per_endpoint,
+        poll_s=config.webhook_poll_s, lease_s=lease_for(config.webhook_timeout_s),
+    )
 
 
 async def _release_claims(store: Store, svc: Service) -> None:
@@ -301,6 +333,8 @@ async def _supervise(
                 svc.scheduler.nudge,
             ))
             await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
+            if svc.dispatcher is not None:
+                await background.start(svc.dispatcher.run)
             log.info(
                 "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",
                 svc.url,

@@ -48,6 +48,9 @@ class Pipeline(Protocol):
     async def stop_topic(self, topic_id: str) -> int:
         """Stop every request of the topic not yet handed to SES; how many."""
 
+    def webhooks_due(self) -> None:
+        """A webhook delivery was made due now (a retry by hand): deliver it soon."""
+
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
         """(address, reason) pairs the store just suppressed: withhold claimed rows too."""
 

@@ -54,6 +54,20 @@ class Metrics:
             "mailpipe_effective_rate", "Current permitted sends per second", registry=r
         )
         self.paused = Gauge("mailpipe_sending_paused", "1 while sending is paused", registry=r)
+        self.webhook_attempts = Counter(
+            "mailpipe_webhook_attempts",
+            "Webhook delivery attempts by outcome (delivered, retry, failed, gone)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_disabled = Counter(
+            "mailpipe_webhook_endpoints_disabled", "Webhook endpoints disabled", registry=r
+        )
+        self.webhook_oldest = Gauge(
+            "mailpipe_webhook_oldest_undelivered_seconds",
+            "Age of the oldest webhook delivery not yet delivered (0: none)",
+            registry=r,
+        )
 
     def identify(self, instance: str, store: str) -> None:
         """Name this process in ``mailpipe_instance_info`` (one series per instance)."""

@@ -35,6 +35,7 @@ from mailpipe.status import Status
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
+    from mailpipe.store.webhook_tables import WebhookTables
 
 T = TypeVar("T")
 
@@ -120,6 +121,8 @@ class Store(Protocol):
 
     cluster: Cluster | None
     """Shared state of several instances, or None when this is the only one."""
+    webhooks: WebhookTables
+    """Webhook endpoints, the event outbox, deliveries and attempts."""
 
     # -- ingest ------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from mailpipe.model import SUPPRESSION_REASONS, FeedbackOutcome, Suppression
+from mailpipe.store.webhooks import SQLITE, enqueue_request_events
 from mailpipe.timeutil import from_db, to_db
+from mailpipe.webhooks.events import feedback_events
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
@@ -70,12 +72,14 @@ def record_event_in_transaction(
         f"INSERT INTO email_results ({RESULT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         result_values(event, sns_message_id, rows, now_text),
     )
-    added = 0
     wanted = suppressions_of(event, matches)
     source = event.ses_message_id or sns_message_id
-    for rid, rcpt, reason in wanted:
-        added += add_suppression(conn, rcpt, reason, source, rid, now)
-    return feedback_outcome(rows, added, wanted)
+    added = [entry for entry in wanted if add_suppression(conn, entry[1], entry[2], source,
+                                                          entry[0], now)]
+    enqueue_request_events(conn, SQLITE, feedback_events(
+        event.event_type, event.ses_message_id, event.raw, sns_message_id, rows, added
+    ), now)
+    return feedback_outcome(rows, len(added), wanted)
 
 
 RESULT_COLUMNS: Final = (

@@ -31,6 +31,8 @@ from mailpipe.store.idempotency import KEEP, answer_of, answer_text
 from mailpipe.store.pg_cluster import publish_in
 from mailpipe.store.pg_pool import Conn
 from mailpipe.store.tracking import UNSUBSCRIBE
+from mailpipe.store.webhooks import POSTGRES, enqueue_request_events
+from mailpipe.webhooks.events import feedback_events, tracking_event, unsubscribe_suppressed
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
@@ -91,12 +93,15 @@ def record_event(
     wanted = suppressions_of(event, matches)
     source = event.ses_message_id or sns_message_id
     added = [
-        (stored, reason)
+        (rid, stored, reason)
         for rid, rcpt, reason in wanted
         if (stored := add_suppression(conn, rcpt, reason, source, rid, now, publish=False))
     ]
     if added:
-        publish_in(conn, "suppress", {"entries": [list(entry) for entry in added]})
+        publish_in(conn, "suppress", {"entries": [[a, r] for _, a, r in added]})
+    enqueue_request_events(conn, POSTGRES, feedback_events(
+        event.event_type, event.ses_message_id, event.raw, sns_message_id, rows, added
+    ), now)
     return feedback_outcome(rows, len(added), wanted)
 
 
@@ -167,12 +172,16 @@ def list_suppressions(
 
 
 def record_result(conn: Conn, request_id: int, status: str, raw: str, now: datetime) -> bool:
-    """Add a ``status`` result to the request; False when there is no such request."""
-    return conn.execute(
+    """Add a ``status`` result to the request, and its webhook event; False when there
+    is no such request."""
+    if conn.execute(
         "INSERT INTO email_results (request_id, status, raw, created_at, updated_at, recipient)"
         ' SELECT id, %s, %s, %s, %s, "to" FROM email_requests WHERE id = %s',
         (status, raw, now, now, request_id),
-    ).rowcount == 1
+    ).rowcount != 1:
+        return False
+    enqueue_request_events(conn, POSTGRES, tracking_event(request_id, status, raw), now)
+    return True
 
 
 def recipient_of(conn: Conn, request_id: int) -> str | None:
@@ -188,9 +197,12 @@ def unsubscribe(conn: Conn, request_id: int, source: str, raw: str, now: datetim
         _UNSUBSCRIBE,
         {"id": request_id, "source": source, "raw": raw, "now": now, "status": UNSUBSCRIBE},
     ).fetchone()
+    if recipient_of(conn, request_id) is not None:  # the statement added its result
+        enqueue_request_events(conn, POSTGRES, tracking_event(request_id, UNSUBSCRIBE, raw), now)
     if row is None:
         return False
     publish_in(conn, "suppress", {"entries": [[row[0], "unsubscribe"]]})
+    enqueue_request_events(conn, POSTGRES, [unsubscribe_suppressed(request_id, source)], now)
     return True
 
 

@@ -225,6 +225,60 @@ MIGRATIONS: Final[dict[int, str]] = {
     CREATE TRIGGER email_results_counts AFTER INSERT ON email_results
         FOR EACH ROW EXECUTE FUNCTION mailpipe_count_result();
     """,
+    4: """
+    -- Outgoing webhooks: endpoints, the outbox of events (written in the
+    -- transaction of the change each reports), one delivery per event and
+    -- endpoint (claimed FOR UPDATE SKIP LOCKED), and every attempt.
+    CREATE TABLE webhook_endpoints (
+        id               text PRIMARY KEY,
+        url              text NOT NULL,
+        events           text NOT NULL,
+        topic_id         text,
+        description      text,
+        secret           text NOT NULL,
+        old_secret       text,
+        old_secret_until timestamptz,
+        enabled          boolean NOT NULL DEFAULT true,
+        disabled_reason  text,
+        failing_since    timestamptz,
+        created_at       timestamptz NOT NULL,
+        updated_at       timestamptz NOT NULL
+    );
+    CREATE TABLE webhook_events (
+        id         bigserial PRIMARY KEY,
+        event_id   text NOT NULL UNIQUE,
+        type       text NOT NULL,
+        body       text NOT NULL,
+        created_at timestamptz NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id              bigserial PRIMARY KEY,
+        event           bigint NOT NULL REFERENCES webhook_events (id) ON DELETE CASCADE,
+        endpoint_id     text NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+        state           text NOT NULL DEFAULT 'pending',
+        attempts        integer NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL,
+        lease_until     timestamptz,
+        created_at      timestamptz NOT NULL,
+        updated_at      timestamptz NOT NULL,
+        UNIQUE (event, endpoint_id)
+    );
+    CREATE TABLE webhook_attempts (
+        id           bigserial PRIMARY KEY,
+        delivery     bigint NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+        attempted_at timestamptz NOT NULL,
+        status_code  integer,
+        latency_ms   double precision NOT NULL,
+        response     text,
+        error        text,
+        outcome      text NOT NULL,
+        next_attempt_at timestamptz
+    );
+    CREATE INDEX idx_webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id)
+        WHERE state = 'pending';
+    CREATE INDEX idx_webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+    CREATE INDEX idx_webhook_attempts_delivery ON webhook_attempts (delivery, id);
+    """,
 }
 
 

@@ -40,6 +40,7 @@ from mailpipe.model import (
 )
 from mailpipe.status import Status
 from mailpipe.store import pg_feedback as _sql
+from mailpipe.store import webhooks as _webhooks
 from mailpipe.store.base import Cluster, TopicStats
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
 from mailpipe.store.pg_cluster import PgCluster, publish_in, settle, stop_rows
@@ -47,7 +48,9 @@ from mailpipe.store.pg_counts import TOPIC_STATS, fold_count_deltas
 from mailpipe.store.pg_ingest import insert_all
 from mailpipe.store.pg_pool import Conn, PgPool
 from mailpipe.store.pg_schema import migrate
+from mailpipe.store.webhook_tables import WebhookTables
 from mailpipe.timeutil import utcnow
+from mailpipe.webhooks.events import final_events
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
@@ -91,6 +94,7 @@ _RECORD_OUTCOMES: Final = (
     " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::int[])"
     " AS o(id, status, message_id, error, attempts)"
     f" WHERE r.id = o.id AND r.status = {Status.PROCESSING:d} AND r.owner = %s"
+    " RETURNING r.id"
 )
 _NEXT_SCHEDULED: Final = (
     "SELECT min(scheduled_at) FROM email_requests"
@@ -109,6 +113,7 @@ class PostgresStore:
         self._lease_s = lease_s
         self._cluster = cluster
         self.cluster: Cluster | None = self._cluster
+        self.webhooks = WebhookTables(_webhooks.POSTGRES, pool.run, pool.run)
 
     @property
     def _me(self) -> str:
@@ -191,7 +196,12 @@ class PostgresStore:
         )
 
         def txn(conn: Conn) -> int:
-            return conn.execute(_RECORD_OUTCOMES, (now, *columns, self._me)).rowcount
+            held = {r[0] for r in conn.execute(_RECORD_OUTCOMES, (now, *columns, self._me))}
+            _webhooks.enqueue_request_events(
+                conn, _webhooks.POSTGRES, final_events(o for o in outcomes if o.request_id in held),
+                now,
+            )
+            return len(held)
 
         return await self._pool.run(txn) if outcomes else 0
 

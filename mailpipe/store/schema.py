@@ -164,6 +164,60 @@ MIGRATIONS: dict[int, str] = {
             ON CONFLICT (topic_id, status) DO UPDATE SET n = n + 1;
     END;
     """,
+    9: """
+    -- Outgoing webhooks: endpoints, the outbox of events (written in the
+    -- transaction of the change each reports), one delivery per event and
+    -- endpoint, and every attempt of a delivery.
+    CREATE TABLE webhook_endpoints (
+        id               TEXT PRIMARY KEY,
+        url              TEXT NOT NULL,
+        events           TEXT NOT NULL,
+        topic_id         TEXT,
+        description      TEXT,
+        secret           TEXT NOT NULL,
+        old_secret       TEXT,
+        old_secret_until TEXT,
+        enabled          INTEGER NOT NULL DEFAULT 1,
+        disabled_reason  TEXT,
+        failing_since    TEXT,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL
+    );
+    CREATE TABLE webhook_events (
+        id         INTEGER PRIMARY KEY,
+        event_id   TEXT NOT NULL UNIQUE,
+        type       TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id              INTEGER PRIMARY KEY,
+        event           INTEGER NOT NULL REFERENCES webhook_events (id) ON DELETE CASCADE,
+        endpoint_id     TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+        state           TEXT NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        lease_until     TEXT,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        UNIQUE (event, endpoint_id)
+    );
+    CREATE TABLE webhook_attempts (
+        id           INTEGER PRIMARY KEY,
+        delivery     INTEGER NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+        attempted_at TEXT NOT NULL,
+        status_code  INTEGER,
+        latency_ms   REAL NOT NULL,
+        response     TEXT,
+        error        TEXT,
+        outcome      TEXT NOT NULL,
+        next_attempt_at TEXT
+    );
+    CREATE INDEX idx_webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id)
+        WHERE state = 'pending';
+    CREATE INDEX idx_webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+    CREATE INDEX idx_webhook_attempts_delivery ON webhook_attempts (delivery, id);
+    """,
 }
 
 

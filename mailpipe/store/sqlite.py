@@ -38,13 +38,16 @@ from mailpipe.status import Status
 from mailpipe.store import feedback as _feedback
 from mailpipe.store import idempotency as _idempotency
 from mailpipe.store import tracking as _tracking
+from mailpipe.store import webhooks as _webhooks
 from mailpipe.store.base import Cluster, TopicStats
 from mailpipe.store.feedback import transaction
 from mailpipe.store.group import GroupCommit
 from mailpipe.store.health import FileIdentity, WriteHealth
 from mailpipe.store.lockfile import LockFile
 from mailpipe.store.schema import migrate
+from mailpipe.store.webhook_tables import WebhookTables
 from mailpipe.timeutil import from_db, to_db, utcnow
+from mailpipe.webhooks.events import final_events
 
 if TYPE_CHECKING:
     from mailpipe.feedback.ses_events import SesEvent
@@ -252,6 +255,16 @@ class SqliteStore:
             self._w.run, inline=self._w.run_inline, inline_max=INLINE_BATCH, gather=GATHER_PASSES,
             failed=self._health.failed,
         )
+        self.webhooks = WebhookTables(_webhooks.SQLITE, self._write_txn, self._r.run)
+
+    async def _write_txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction on the writer connection."""
+
+        def txn(conn: sqlite3.Connection) -> T:
+            with transaction(conn):
+                return fn(conn)
+
+        return await self._w.run(txn)
 
     # -- ingest ------------------------------------------------------------
 
@@ -385,8 +398,10 @@ class SqliteStore:
                     for o in outcomes
                 ),
             )
+            changed = cur.rowcount
+            _webhooks.enqueue_request_events(conn, _webhooks.SQLITE, final_events(outcomes), now)
             conn.execute("COMMIT")
-            return cur.rowcount
+            return changed
 
         return await self._w.run(txn) if outcomes else 0
 
@@ -405,6 +420,7 @@ class SqliteStore:
         """Settle every row a dead predecessor left PROCESSING (safe: the lock
         file means no other instance holds any)."""
         stopped = await self.apply_saved_stops(now)
+        await self.webhooks.release_leases()  # webhook deliveries it was sending
         return Recovery(stopped, await self.requeue_processing(now))
 
     async def release_claims(self, stops: Sequence[tuple[str, int]], now: datetime) -> Recovery:

@@ -13,7 +13,9 @@ from datetime import datetime
 from typing import Final
 
 from mailpipe.store.feedback import add_suppression, transaction
+from mailpipe.store.webhooks import SQLITE, enqueue_request_events
 from mailpipe.timeutil import to_db
+from mailpipe.webhooks.events import tracking_event, unsubscribe_suppressed
 
 OPEN: Final = "Open"
 CLICK: Final = "Click"
@@ -28,8 +30,12 @@ _INSERT_RESULT: Final = (
 def record_result(
     conn: sqlite3.Connection, request_id: int, status: str, raw: str, now: datetime
 ) -> bool:
-    """Add a ``status`` result to the request; False when there is no such request."""
-    return conn.execute(_INSERT_RESULT, (request_id, status, raw, to_db(now))).rowcount == 1
+    """Add a ``status`` result to the request, and its webhook event; False when there
+    is no such request."""
+    if conn.execute(_INSERT_RESULT, (request_id, status, raw, to_db(now))).rowcount != 1:
+        return False
+    enqueue_request_events(conn, SQLITE, tracking_event(request_id, status, raw), now)
+    return True
 
 
 def recipient_of(conn: sqlite3.Connection, request_id: int) -> str | None:
@@ -49,4 +55,6 @@ def unsubscribe(
             return False
         added = add_suppression(conn, to, "unsubscribe", source, request_id, now)
         record_result(conn, request_id, UNSUBSCRIBE, raw, now)
+        if added:
+            enqueue_request_events(conn, SQLITE, [unsubscribe_suppressed(request_id, source)], now)
     return added
