@@ -217,6 +217,8 @@ MIGRATIONS: dict[int, str] = {
         WHERE state = 'pending';
     CREATE INDEX idx_webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
     CREATE INDEX idx_webhook_attempts_delivery ON webhook_attempts (delivery, id);
+    CREATE INDEX idx_webhook_deliveries_pending_age ON webhook_deliveries (created_at)
+        WHERE state = 'pending';
     """,
 }
 

@@ -85,12 +85,17 @@ class WebhookTables:
         )
         return found
 
-    async def oldest_undelivered(self) -> datetime | None:
-        """When the oldest pending delivery was created, or None."""
-        found: datetime | None = await self._read(
-            lambda conn: _sql.oldest_undelivered(conn, self._d)
+    async def pending_times(self) -> tuple[datetime | None, datetime | None]:
+        """When the oldest pending delivery was created, and when the next one of an
+        enabled endpoint falls due (each None when there is none)."""
+        found: tuple[datetime | None, datetime | None] = await self._read(
+            lambda conn: _sql.pending_times(conn, self._d)
         )
         return found
+
+    async def oldest_undelivered(self) -> datetime | None:
+        """When the oldest pending delivery was created, or None."""
+        return (await self.pending_times())[0]
 
     async def release_leases(self) -> int:
         """Forget every lease (only where no other instance can hold one)."""

@@ -321,12 +321,19 @@ def release_leases(conn: Conn, d: Dialect) -> int:
     return int(cur.rowcount)
 
 
-def oldest_undelivered(conn: Conn, d: Dialect) -> datetime | None:
-    """When the oldest delivery still pending was created, or None."""
-    row = conn.execute(
+def pending_times(conn: Conn, d: Dialect) -> tuple[datetime | None, datetime | None]:
+    """When the oldest pending delivery was created, and when the next pending one
+    of an enabled endpoint falls due (each None when there is none)."""
+    (oldest,) = conn.execute(
         f"SELECT min(created_at) FROM webhook_deliveries WHERE state = '{PENDING}'"
     ).fetchone()
-    return read_time(row[0]) if row else None
+    (due,) = conn.execute(
+        d.q("SELECT min(d.next_attempt_at) FROM webhook_deliveries d"
+            " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+            f" WHERE d.state = '{PENDING}' AND e.enabled = ?"),
+        (True,),
+    ).fetchone()
+    return read_time(oldest), read_time(due)
 
 
 def retry_delivery(conn: Conn, d: Dialect, endpoint_id: str, event_id: str, now: datetime) -> bool:

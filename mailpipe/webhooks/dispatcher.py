@@ -88,27 +88,33 @@ class Dispatcher:
     async def _claim_loop(self, send: trio.MemorySendChannel[Claim]) -> None:
         async with send:
             while True:
-                claimed = await self._claim()
+                self._nudged = trio.Event()
+                claimed, next_due = await self._claim()
                 for claim in claimed:
                     await send.send(claim)
                 if len(claimed) < self._max_concurrent:
-                    with trio.move_on_after(self._poll_s):
+                    wait = self._poll_s
+                    if next_due is not None:
+                        wait = min(wait, max(0.0, (next_due - self._now()).total_seconds()))
+                    with trio.move_on_after(wait):
                         await self._nudged.wait()
-                    self._nudged = trio.Event()
 
-    async def _claim(self) -> list[Claim]:
+    async def _claim(self) -> tuple[list[Claim], datetime | None]:
+        """What is due now, and when the next pending delivery falls due (None: none)."""
         now = self._now()
         try:
-            oldest = await self._tables.oldest_undelivered()
+            oldest, next_due = await self._tables.pending_times()
             self._metrics.webhook_oldest.set(
                 0 if oldest is None else max(0.0, (now - oldest).total_seconds())
             )
-            if oldest is None:
-                return []
-            return await self._tables.claim(now, self._max_concurrent, now + self._lease)
+            if next_due is None or next_due > now:
+                return [], next_due
+            claimed = await self._tables.claim(now, self._max_concurrent, now + self._lease)
+            # Leased elsewhere (another instance) or just claimed: look again at the poll.
+            return claimed, None
         except StoreError as exc:
             log.warning("cannot read the webhook outbox (trying again): %s", exc)
-            return []
+            return [], None
 
     async def _work(self, recv: trio.MemoryReceiveChannel[Claim]) -> None:
         async with recv:
@@ -133,6 +139,8 @@ class Dispatcher:
         with trio.CancelScope(shield=True):
             disabled = await self._record(claim, attempt, verdict, done)
         self._metrics.webhook_attempts.labels(verdict.outcome).inc()
+        if verdict.next_attempt_at is not None:
+            self.nudge()  # the claimer may be waiting past this retry
         if disabled:
             self._metrics.webhook_disabled.inc()
             log.warning(
