@@ -75,9 +75,9 @@ class Receiver:
                 length = int(self.headers.get("content-length", "0"))
                 data = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                status = receiver.record(headers, data)  # kept on arrival, answered or not
                 if receiver.hold is not None:
                     receiver.hold.wait(60)
-                status = receiver.record(headers, data)
                 self.send_response(status)
                 self.send_header("content-length", str(len(receiver._body)))
                 self.end_headers()

@@ -51,6 +51,9 @@ class HttpPoster:
         """Close the pool's connections."""
         self._client.close()
 
+    def _timed_out(self) -> str:
+        return f"timed out after {self._limits.timeout_s:g}s"
+
     def __call__(self, url: str, headers: Mapping[str, str], body: bytes) -> Attempt:
         """POST ``body`` to ``url``; what came back, or why nothing did."""
         start = time.monotonic()
@@ -67,13 +70,13 @@ class HttpPoster:
                     got += chunk
                     if len(got) >= self._limits.max_response_bytes:
                         break
-                    if time.monotonic() > deadline:
-                        return Attempt(resp.status_code, elapsed(), _text(got), "timed out")
+                    if time.monotonic() > deadline:  # a trickle: not a whole answer
+                        return Attempt(None, elapsed(), _text(got), self._timed_out())
                 return Attempt(resp.status_code, elapsed(), _text(got))
         except TargetRefused as exc:
             return Attempt(None, elapsed(), "", str(exc))
         except httpx.TimeoutException:
-            return Attempt(None, elapsed(), "", f"timed out after {self._limits.timeout_s:g}s")
+            return Attempt(None, elapsed(), "", self._timed_out())
         except httpx.HTTPError as exc:
             return Attempt(None, elapsed(), "", f"{type(exc).__name__}: {exc}"[:300])
 
