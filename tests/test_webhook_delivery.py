@@ -3,6 +3,7 @@ sockets), virtual time. Backoff, giving up, 410 and disabling are timed exactly.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -56,7 +57,7 @@ class Script:
 
     def gaps(self) -> list[float]:
         times = [t for t, _, _ in self.calls]
-        return [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+        return [round(b - a, 6) for a, b in itertools.pairwise(times)]
 
 
 def endpoint(now: datetime, **changes: object) -> Endpoint:
@@ -146,7 +147,7 @@ async def test_an_endpoint_failing_for_the_whole_window_is_disabled_and_logged(
         async with delivering(tmp_path, script) as (store, _, dispatcher):
             await enqueue_one(store, dispatcher)
             await trio.sleep(1800)
-            later = await enqueue_one(store, dispatcher)  # an event of the endpoint's last half hour
+            later = await enqueue_one(store, dispatcher)  # of the endpoint's last half hour
             await trio.sleep(3 * 3600)
             ep = await store.webhooks.get("wh_test")
             views = await store.webhooks.deliveries("wh_test", 10, 100)

@@ -20,8 +20,8 @@ from mailpipe.webhooks.targets import TargetRefused, check_target, refused_addre
 FAST = {"WEBHOOK_BACKOFF_S": "0.02", "WEBHOOK_POLL_S": "0.02"}
 
 
-async def wait_for(check: Any, timeout: float = 20) -> None:
-    with trio.fail_after(timeout):
+async def wait_for(check: Any) -> None:
+    with trio.fail_after(20):
         while not check():
             await trio.sleep(0.02)
 
