@@ -11,6 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
+from mailpipe.http.openapi_webhooks import PATHS as WEBHOOK_PATHS
+from mailpipe.http.openapi_webhooks import SCHEMAS as WEBHOOK_SCHEMAS
+from mailpipe.http.openapi_webhooks import WEBHOOKS
+
 Json = dict[str, Any]
 
 VERSION: Final = "0.1.0"
@@ -560,10 +564,12 @@ _DOCUMENT: Final[Json] = {
         "/v1/unsubscribe": UNSUBSCRIBE,
         "/v1/suppressions": SUPPRESSIONS,
         "/v1/suppressions/{email}": SUPPRESSION,
+        **WEBHOOK_PATHS,
         **PROBES,
     },
+    "webhooks": WEBHOOKS,
     "components": {
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **WEBHOOK_SCHEMAS},
         "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
     },
 }
