@@ -50,6 +50,11 @@ def test_ses_needs_credentials_and_sender(tmp_path: Path) -> None:
     ("MAX_CONCURRENT", "0"), ("SERVER_PORT", "99999"), ("SERVER_PORT", "x"),
     ("GRACEFUL_TIMEOUT", "-1"), ("EMAIL_TRANSPORT", "smtp"), ("EMAIL_SENDER", "not-an-address"),
     ("MAX_RECIPIENTS_PER_REQUEST", "0"), ("LOG_LEVEL", "LOUD"), ("MAX_ATTEMPTS", "0"),
+    ("WEBHOOK_RETRY_HOURS", "0"), ("WEBHOOK_BACKOFF_S", "-1"), ("WEBHOOK_TIMEOUT_S", "0"),
+    ("WEBHOOK_MAX_CONCURRENT", "0"), ("WEBHOOK_PER_ENDPOINT", "x"),
+    ("WEBHOOK_MAX_RESPONSE_BYTES", "-1"), ("WEBHOOK_POLL_S", "0"),
+    ("WEBHOOK_ALLOW_PRIVATE", "maybe"), ("WEBHOOK_MAX_ENDPOINTS", "0"),
+    ("WEBHOOK_BACKOFF_MAX_S", "nan"),
 ])
 def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -138,3 +143,13 @@ def test_config_mistake_exits_2_with_one_line(
     assert name in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_webhook_settings_are_read(tmp_path: Path) -> None:
+    config = load_config(
+        {"WEBHOOK_RETRY_HOURS": "2", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_POLL_S": "0.5"},
+        env_file=tmp_path / "none",
+    )
+    assert (config.webhook_retry_hours, config.webhook_allow_private) == (2.0, True)
+    assert config.webhook_poll_s == 0.5
+    assert load_config({}, env_file=tmp_path / "none").webhook_allow_private is False

@@ -151,3 +151,24 @@ async def test_every_source_reaches_the_receiver_on_both_stores(
     assert by_type["unsubscribed"]["recipient"] == "b@example.com"
     assert by_type["opened"]["requestId"] == ids["a@example.com"]
     assert by_type["bounced"]["topicId"] == "t"
+
+
+async def test_settled_events_are_pruned_after_a_week_pending_ones_kept(
+    where: str | Path,
+) -> None:
+    async with open_store(where) as store:
+        await store.webhooks.create(endpoint("wh_a", ("*",)))
+        old = utcnow() - timedelta(days=8)
+        settled, pending = build("sent", old, "t", {}), build("failed", old, "t", {})
+        await store.webhooks.enqueue([settled, pending], old)
+        (claim,) = [c for c in await store.webhooks.claim(utcnow(), 10, utcnow())
+                    if c.event_id == settled.id]
+        from mailpipe.webhooks.model import Attempt, Verdict
+
+        await store.webhooks.record(
+            claim, Attempt(200, 1.0), Verdict("delivered", "delivered", None), utcnow()
+        )
+        assert await store.webhooks.prune(utcnow() - timedelta(days=7)) == 1
+        assert [v.event_id for v in await store.webhooks.deliveries("wh_a", 10, 1)] == [
+            pending.id
+        ]

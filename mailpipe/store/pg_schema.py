@@ -280,6 +280,7 @@ MIGRATIONS: Final[dict[int, str]] = {
     CREATE INDEX idx_webhook_attempts_delivery ON webhook_attempts (delivery, id);
     CREATE INDEX idx_webhook_deliveries_pending_age ON webhook_deliveries (created_at)
         WHERE state = 'pending';
+    CREATE INDEX idx_webhook_events_created ON webhook_events (created_at);
     """,
 }
 

@@ -97,6 +97,10 @@ class WebhookTables:
         """When the oldest pending delivery was created, or None."""
         return (await self.pending_times())[0]
 
+    async def prune(self, before: datetime) -> int:
+        """Forget settled events older than ``before``; how many."""
+        return int(await self._write(lambda conn: _sql.prune(conn, self._d, before)))
+
     async def release_leases(self) -> int:
         """Forget every lease (only where no other instance can hold one)."""
         return int(await self._write(lambda conn: _sql.release_leases(conn, self._d)))

@@ -336,6 +336,18 @@ def pending_times(conn: Conn, d: Dialect) -> tuple[datetime | None, datetime | N
     return read_time(oldest), read_time(due)
 
 
+def prune(conn: Conn, d: Dialect, before: datetime) -> int:
+    """Forget events older than ``before`` with no delivery pending (their deliveries
+    and attempts go with them); how many."""
+    cur = conn.execute(
+        d.q("DELETE FROM webhook_events WHERE created_at < ? AND NOT EXISTS ("
+            " SELECT 1 FROM webhook_deliveries d WHERE d.event = webhook_events.id"
+            f" AND d.state = '{PENDING}')"),
+        (d.t(before),),
+    )
+    return int(cur.rowcount)
+
+
 def retry_delivery(conn: Conn, d: Dialect, endpoint_id: str, event_id: str, now: datetime) -> bool:
     """Make the endpoint's delivery of the event due now (pending again, whatever its
     state); False when there is no such delivery."""

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 RECORD_RETRIES: Final = 5
 """Tries to store an attempt's result before leaving it to the lease (sent again)."""
+KEEP: Final = timedelta(days=7)
+"""How long a settled event (delivered or given up) stays visible in the deliveries API."""
+PRUNE_EVERY: Final = timedelta(minutes=10)
 
 
 def lease_for(timeout_s: float) -> float:
@@ -70,6 +73,7 @@ class Dispatcher:
         self._threads = trio.CapacityLimiter(max_concurrent)
         self._endpoints: dict[str, trio.CapacityLimiter] = {}
         self._nudged = trio.Event()
+        self._pruned_at: datetime | None = None
 
     def nudge(self) -> None:
         """Look for due deliveries now rather than at the next poll."""
@@ -103,6 +107,9 @@ class Dispatcher:
         """What is due now, and when the next pending delivery falls due (None: none)."""
         now = self._now()
         try:
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+                self._pruned_at = now
+                await self._tables.prune(now - KEEP)
             oldest, next_due = await self._tables.pending_times()
             self._metrics.webhook_oldest.set(
                 0 if oldest is None else max(0.0, (now - oldest).total_seconds())
