@@ -133,22 +133,19 @@ def enqueue(
     if not pairs:
         return 0
     when = d.t(now)
-    stored: dict[int, int] = {}
-    for i in sorted({i for i, _ in pairs}):
-        ev = events[i]
-        (stored[i],) = conn.execute(
-            d.q("INSERT INTO webhook_events (event_id, type, body, created_at)"
-                " VALUES (?, ?, ?, ?) RETURNING id"),
-            (ev.id, ev.type, ev.body, when),
-        ).fetchone()
-    rows = [(stored[i], endpoint, when, when, when) for i, endpoint in pairs]
+    wanted = sorted({i for i, _ in pairs})
+    d.many(
+        conn,
+        "INSERT INTO webhook_events (event_id, type, body, created_at) VALUES (?, ?, ?, ?)",
+        [(events[i].id, events[i].type, events[i].body, when) for i in wanted],
+    )
     d.many(
         conn,
         "INSERT INTO webhook_deliveries (event, endpoint_id, next_attempt_at, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?)",
-        rows,
+        " updated_at) SELECT id, ?, ?, ?, ? FROM webhook_events WHERE event_id = ?",
+        [(endpoint, when, when, when, events[i].id) for i, endpoint in pairs],
     )
-    return len(rows)
+    return len(pairs)
 
 
 def enqueue_request_events(
