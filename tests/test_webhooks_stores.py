@@ -172,3 +172,40 @@ async def test_settled_events_are_pruned_after_a_week_pending_ones_kept(
         assert [v.event_id for v in await store.webhooks.deliveries("wh_a", 10, 1)] == [
             pending.id
         ]
+
+
+async def test_topic_paused_rides_in_the_callers_transaction(where: str | Path) -> None:
+    """The helper #13's pause method calls inside its own transaction, on both engines:
+    the event commits with it, or not at all."""
+    from mailpipe.store import webhooks as sql
+    from mailpipe.webhooks.events import topic_paused
+
+    async with open_store(where) as store:
+        await store.webhooks.create(replace_events(endpoint("wh_a", ("topic.paused",)), "t"))
+        pg = isinstance(where, str)
+        dialect = sql.POSTGRES if pg else sql.SQLITE
+        run = store._pool.run if pg else store._write_txn  # type: ignore[attr-defined]
+        figures = {"sends": 100, "bounces": 6, "bounceRate": 0.06}
+
+        def pause_then_fail(conn: object) -> None:
+            ev = topic_paused("t", "bounce rate 6% above 5%", "auto", figures, utcnow())
+            assert sql.enqueue(conn, dialect, [ev], utcnow()) == 1
+            raise RuntimeError("the pause does not commit")
+
+        with pytest.raises(Exception, match="does not commit"):
+            await run(pause_then_fail)
+        assert await store.webhooks.oldest_undelivered() is None
+        other = topic_paused("other", "by hand", "user", {}, utcnow())
+        ev = topic_paused("t", "bounce rate 6% above 5%", "auto", figures, utcnow())
+        assert await run(lambda conn: sql.enqueue(conn, dialect, [ev, other], utcnow())) == 1
+        (claim,) = await store.webhooks.claim(utcnow(), 10, utcnow() + timedelta(minutes=1))
+    body = json.loads(claim.body)
+    assert body["type"] == "topic.paused" and claim.event_id == ev.id
+    assert body["data"] == {"topicId": "t", "reason": "bounce rate 6% above 5%", "by": "auto",
+                            "figures": figures}
+
+
+def replace_events(ep: Endpoint, topic_id: str) -> Endpoint:
+    from dataclasses import replace
+
+    return replace(ep, topic_id=topic_id)
