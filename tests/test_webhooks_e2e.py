@@ -3,6 +3,7 @@ delivered to a real local receiver that fails each event's first two attempts.""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -97,8 +98,6 @@ async def test_every_event_delivered_once_signed_after_retries(
     delivered = rx.delivered_ids()
     assert len(delivered) == total and set(delivered.values()) == {1}
     assert set(rx.attempts().values()) == {3}
-    import json
-
     types = Counter(json.loads(r.body)["type"] for r in rx.received if r.status == 200)
     assert types == expected
     assert all(r.verifies(everything["secret"]) for r in rx.received)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from mailpipe.store import webhooks as _sql
 from mailpipe.webhooks.events import Event
 from mailpipe.webhooks.model import Attempt, Claim, DeliveryView, Endpoint, Verdict
 
-T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 """Runs a function of a connection in one transaction; its result."""
 

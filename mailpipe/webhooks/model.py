@@ -67,8 +67,8 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to store after an attempt: the delivery's state and next attempt, and
-    whether the endpoint is disabled (why) or now failing since ``failing_since``."""
+    """What to store after an attempt: its outcome, the delivery's state and next
+    attempt, and the reason the endpoint is disabled by it (None: it is not)."""
 
     outcome: str
     state: str
