@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -31,22 +32,25 @@ from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
 from mailpipe.http.server_errors import install_json_error_bodies
-from mailpipe.model import IdempotencyKey, InsertResult, NewMessage, Outcome
+from mailpipe.model import Figures, IdempotencyKey, InsertResult, NewMessage, Outcome
 from mailpipe.pipeline.cluster import ClusterSync
+from mailpipe.pipeline.guard import ReputationGuard
 from mailpipe.pipeline.jobs import Backlog, Handed, Job
 from mailpipe.pipeline.limiter import Limiter, RateLimiter
 from mailpipe.pipeline.metrics import Metrics, Reporter
 from mailpipe.pipeline.pause import Announcement, PauseGate
+from mailpipe.pipeline.pauses import Pauses
 from mailpipe.pipeline.probe import run_pause_probe
 from mailpipe.pipeline.recorder import Recorder
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import RetryPolicy, SenderPool, batch_size
 from mailpipe.pipeline.shared_rate import SharedRateLimiter
+from mailpipe.reputation import Thresholds, window_start
 from mailpipe.secrets_file import load_or_create_secret_file, replace_secret_file
 from mailpipe.signals import watch_signals
 from mailpipe.store import Cluster, Store, open_store
 from mailpipe.timeutil import utcnow
-from mailpipe.transport import Transport
+from mailpipe.transport import AccountState, Transport
 from mailpipe.transport.factory import open_transport
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ class Service:
     recorder: Recorder
     tokens: Tokens
     """Signs and checks the open, click and unsubscribe links."""
+    pauses: Pauses
+    guard: ReputationGuard
     cluster_sync: ClusterSync | None = None
     """Keeps this instance in step with the others (PostgreSQL only)."""
     addresses: AddressValidator = field(default_factory=AddressValidator)
@@ -78,6 +84,8 @@ class Service:
     sns_get: Callable[[str], bytes] = field(default=http_fetch)
     """GETs SNS certificates and SubscribeURLs (blocking; run in a thread); tests replace it."""
     sns_verifier: SnsVerifier = field(init=False)
+    account: AccountState = field(default_factory=AccountState)
+    """What the provider last said of the account."""
 
     def __post_init__(self) -> None:
         self.sns_verifier = make_verifier(self.config, self._sns_fetch)
@@ -116,6 +124,43 @@ class Service:
         self.metrics.stopped.inc(stopped)
         return stopped
 
+    async def pause_topic(self, topic_id: str, reason: str) -> bool | None:
+        """Pause the topic by hand; None when it has no requests, False when it was
+        paused already."""
+        if await self.store.max_request_id(topic_id) is None:
+            return None
+        now = utcnow()
+        figures = await self.store.reputation(topic_id, self.window_start(now))
+        return await self.pauses.pause_topic(topic_id, reason, "user", figures, now)
+
+    async def resume_topic(self, topic_id: str) -> bool | None:
+        """Resume the topic; None when it has no requests, False when it was not paused."""
+        if await self.store.max_request_id(topic_id) is None:
+            return None
+        return await self.pauses.resume_topic(topic_id)
+
+    async def resume_account(self) -> bool:
+        """Lift the account's pause; False when there was none."""
+        return await self.pauses.resume_account()
+
+    def bad_feedback(self, request_ids: Iterable[int]) -> None:
+        """A permanent bounce or a complaint about these requests was stored."""
+        self.guard.feedback(request_ids)
+
+    def window_start(self, now: datetime) -> datetime:
+        """Where the reputation window ending at ``now`` begins."""
+        return window_start(now, self.config.reputation_window_h)
+
+    async def reputation(self, topic_id: str | None) -> Figures:
+        """The topic's (None: the account's) figures over the reputation window."""
+        return await self.store.reputation(topic_id, self.window_start(utcnow()))
+
+    async def account_state(self) -> AccountState:
+        """What the provider says of the account now (``GetAccount`` on SES)."""
+        state = await trio.to_thread.run_sync(self.transport.account_state)
+        self.account = state
+        return state
+
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
         """Withhold claimed rows to these (address, reason) pairs too."""
         self.pool.suppressed.add(entries)
@@ -132,6 +177,9 @@ class Service:
             return "unavailable", f"store: {exc}"
         if self.gate.paused:
             return "paused", f"sending paused: {self.gate.reason}"
+        enforcement = self.account.enforcement_status
+        if enforcement not in (None, "HEALTHY"):
+            return "enforcement", f"SES EnforcementStatus is {enforcement}"
         if self.stopping:
             return "stopping", "shutting down"
         return None
@@ -262,6 +310,17 @@ def _assemble(
         backlog=backlog,
     )
     recorder = Recorder(store, outcomes_recv, handed=handed)
+    pauses = Pauses(store, pool, gate, scheduler)
+    guard = ReputationGuard(
+        store, pauses, metrics,
+        topic=Thresholds(
+            config.reputation_min_sends, config.pause_bounce_rate, config.pause_complaint_rate
+        ),
+        account=Thresholds(
+            config.account_min_sends, config.pause_bounce_rate, config.pause_complaint_rate
+        ),
+        window_h=config.reputation_window_h, interval=config.reputation_check_s,
+    )
     cluster_sync = None
     if store.cluster is not None:
         cluster_sync = ClusterSync(
@@ -270,7 +329,7 @@ def _assemble(
         )
     return Service(
         config, store, api_key, transport, metrics, limiter, gate, scheduler, pool, recorder,
-        tokens, cluster_sync,
+        tokens, pauses, guard, cluster_sync,
     )
 
 
@@ -288,6 +347,7 @@ async def _supervise(
         await background.start(svc.store.run_upkeep)
         if svc.cluster_sync is not None:
             await background.start(svc.cluster_sync.run)
+        await svc.pauses.restore()  # before anything is claimed
         async with trio.open_nursery() as pipeline:
             # HTTP binds before the scheduler claims anything: a port in use
             # ends the start before a single row is touched.
@@ -301,6 +361,8 @@ async def _supervise(
                 svc.scheduler.nudge,
             ))
             await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
+            await background.start(svc.guard.run)
+            await background.start(partial(run_account_watch, svc))
             log.info(
                 "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",
                 svc.url,
@@ -323,6 +385,25 @@ async def _supervise(
             svc.scheduler.stop()
             svc.pool.stop()
         background.cancel_scope.cancel()
+
+
+async def run_account_watch(
+    svc: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Ask the provider for the account's standing every ``ACCOUNT_CHECK_S`` seconds;
+    an SES EnforcementStatus other than HEALTHY is logged when it changes."""
+    task_status.started()
+    seen: str | None = None
+    while True:
+        state = await svc.account_state()
+        status = state.enforcement_status
+        if status != seen and status not in (None, "HEALTHY"):
+            log.error("SES EnforcementStatus is %s (SendingEnabled %s): see the SES console's"
+                      " reputation page", status, state.sending_enabled)
+        elif status != seen and seen is not None:
+            log.warning("SES EnforcementStatus is %s again", status)
+        seen = status if status is not None else seen
+        await trio.sleep(svc.config.account_check_s)
 
 
 async def _serve_http(

@@ -17,6 +17,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from mailpipe.content.templates import probe_links
 from mailpipe.errors import ApiError
 from mailpipe.http.app import pipeline, require_key
+from mailpipe.http.reputation import topic_guard_json
 from mailpipe.ingest import Limits, parse_send_request
 from mailpipe.memory import trim
 from mailpipe.model import IdempotencyKey
@@ -125,8 +126,11 @@ def _replay(answer: dict[str, Any]) -> Response:
 @bp.get("/v1/topics/<topic_id>")
 @require_key
 async def topic_stats(topic_id: str) -> dict[str, Any]:
-    """Counts of the topic's requests per status and results per event type."""
-    return topic_stats_json(await pipeline().store.topic_stats(topic_id))
+    """Counts of the topic's requests per status and results per event type, its
+    reputation over the window, and its pause (or null)."""
+    svc = pipeline()
+    stats = topic_stats_json(await svc.store.topic_stats(topic_id))
+    return {**stats, **await topic_guard_json(svc, topic_id)}
 
 
 def topic_stats_json(stats: TopicStats) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from mailpipe.addresses import AddressValidator
 from mailpipe.config import Config
 from mailpipe.content.tokens import Tokens
 from mailpipe.feedback.sns import SnsVerifier
-from mailpipe.model import IdempotencyKey, InsertResult, NewMessage
+from mailpipe.model import Figures, IdempotencyKey, InsertResult, NewMessage
 from mailpipe.store.base import Store
+from mailpipe.transport import AccountState
 
 
 class Pipeline(Protocol):
@@ -47,6 +48,24 @@ class Pipeline(Protocol):
 
     async def stop_topic(self, topic_id: str) -> int:
         """Stop every request of the topic not yet handed to SES; how many."""
+
+    async def pause_topic(self, topic_id: str, reason: str) -> bool | None:
+        """Pause the topic by hand; None when it has no requests, False when paused already."""
+
+    async def resume_topic(self, topic_id: str) -> bool | None:
+        """Resume the topic; None when it has no requests, False when it was not paused."""
+
+    async def resume_account(self) -> bool:
+        """Lift the account's pause; False when there was none."""
+
+    async def reputation(self, topic_id: str | None) -> Figures:
+        """The topic's (None: the account's) figures over the reputation window."""
+
+    async def account_state(self) -> AccountState:
+        """What the provider says of the account now."""
+
+    def bad_feedback(self, request_ids: Iterable[int]) -> None:
+        """A permanent bounce or a complaint about these requests was stored."""
 
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
         """(address, reason) pairs the store just suppressed: withhold claimed rows too."""

@@ -1,7 +1,8 @@
 """What the sender checks just before handing a request to SES.
 
-Topics stopped by ``DELETE /v1/topics/{id}``, and addresses suppressed while
-the process runs: both can come after a request was claimed.
+Topics stopped by ``DELETE /v1/topics/{id}``, topics paused (by the reputation
+guard or by hand), and addresses suppressed while the process runs: all can
+come after a request was claimed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,29 @@ class TopicStops:
         """Whether the request was stopped."""
         upto = self._upto.get(topic_id)
         return upto is not None and request_id <= upto
+
+
+class TopicPauses:
+    """The paused topics: their claimed requests go back to the queue, unsent.
+
+    The store keeps the pauses (its claims pass paused topics by); this holds
+    them for the requests claimed before the pause came.
+    """
+
+    def __init__(self) -> None:
+        self._topics: BoundedCache[str, bool] = BoundedCache(MAX_TOPICS)
+
+    def pause(self, topic_id: str) -> None:
+        """Hold back the topic's claimed requests from now on."""
+        self._topics.put(topic_id, True)
+
+    def resume(self, topic_id: str) -> None:
+        """Send the topic's requests again."""
+        self._topics.pop(topic_id)
+
+    def paused(self, topic_id: str | None) -> bool:
+        """Whether the topic is paused."""
+        return topic_id is not None and self._topics.get(topic_id) is not None
 
 
 class RecentSuppressions:

@@ -125,6 +125,7 @@ def feedback_outcome(
         matched=sum(rid is not None for rid, _ in rows),
         suppressed=added,
         suppressions=tuple((rcpt, reason) for _, rcpt, reason in wanted),
+        request_ids=tuple(rid for rid, _ in rows if rid is not None),
     )
 
 

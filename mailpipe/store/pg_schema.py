@@ -225,6 +225,37 @@ MIGRATIONS: Final[dict[int, str]] = {
     CREATE TRIGGER email_results_counts AFTER INSERT ON email_results
         FOR EACH ROW EXECUTE FUNCTION mailpipe_count_result();
     """,
+    # Protecting the SES account (as SQLite's migration 9): stored pauses and
+    # the reputation window's indexes.
+    4: """
+    CREATE TABLE topic_pauses (
+        topic_id    text PRIMARY KEY,
+        reason      text NOT NULL,
+        paused_by   text NOT NULL,
+        paused_at   timestamptz NOT NULL,
+        sends       bigint NOT NULL,
+        bounces     bigint NOT NULL,
+        complaints  bigint NOT NULL
+    );
+    CREATE TABLE account_pauses (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        reason      text NOT NULL,
+        paused_by   text NOT NULL,
+        paused_at   timestamptz NOT NULL,
+        sends       bigint NOT NULL,
+        bounces     bigint NOT NULL,
+        complaints  bigint NOT NULL
+    );
+    CREATE INDEX idx_email_requests_topic_sent
+        ON email_requests(topic_id, updated_at) WHERE status = 2;
+    CREATE INDEX idx_email_results_reputation
+        ON email_results(created_at) WHERE bounce_type = 'Permanent' OR status = 'Complaint';
+    CREATE INDEX idx_email_results_unmatched
+        ON email_results(ses_message_id) WHERE request_id IS NULL;
+    CREATE TRIGGER email_results_matched AFTER UPDATE OF request_id ON email_results
+        FOR EACH ROW WHEN (OLD.request_id IS NULL AND NEW.request_id IS NOT NULL)
+        EXECUTE FUNCTION mailpipe_count_result();
+    """,
 }
 
 

@@ -31,14 +31,17 @@ from mailpipe.model import (
     Claimed,
     Content,
     FeedbackOutcome,
+    Figures,
     IdempotencyKey,
     InsertResult,
     NewMessage,
     Outcome,
+    Pause,
     Recovery,
     Suppression,
 )
 from mailpipe.status import Status
+from mailpipe.store import guard_sql as _guard
 from mailpipe.store import pg_feedback as _sql
 from mailpipe.store.base import Cluster, TopicStats
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
@@ -70,7 +73,10 @@ _CLAIM: Final = (
     f" UPDATE email_requests SET status = {Status.PROCESSING:d}, owner = %(me)s,"
     " updated_at = %(now)s"
     f" WHERE id IN (SELECT id FROM email_requests WHERE status = {Status.CREATED:d}"
-    " AND scheduled_at <= %(now)s AND deleted_at IS NULL ORDER BY scheduled_at, id LIMIT %(n)s"
+    " AND scheduled_at <= %(now)s AND deleted_at IS NULL"
+    # Rows of a paused topic stay CREATED: claims and the next due time pass them by.
+    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
+    " ORDER BY scheduled_at, id LIMIT %(n)s"
     " FOR UPDATE SKIP LOCKED)"
     # An instance whose lease was taken over claims nothing more.
     " AND EXISTS (SELECT 1 FROM instances WHERE id = %(me)s)"
@@ -95,6 +101,7 @@ _RECORD_OUTCOMES: Final = (
 _NEXT_SCHEDULED: Final = (
     "SELECT min(scheduled_at) FROM email_requests"
     f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
 )
 _COUNT_SENT_SINCE: Final = (
     f"SELECT count(*) FROM email_requests WHERE status = {Status.SENT:d} AND updated_at >= %s"
@@ -190,8 +197,16 @@ class PostgresStore:
             [o.attempts for o in outcomes],
         )
 
+        sent = [
+            (o.request_id, o.message_id)
+            for o in outcomes
+            if o.status is Status.SENT and o.message_id is not None
+        ]
+
         def txn(conn: Conn) -> int:
-            return conn.execute(_RECORD_OUTCOMES, (now, *columns, self._me)).rowcount
+            changed = int(conn.execute(_RECORD_OUTCOMES, (now, *columns, self._me)).rowcount)
+            _guard.match_early_feedback(conn, sent, now, True)
+            return changed
 
         return await self._pool.run(txn) if outcomes else 0
 
@@ -278,6 +293,74 @@ class PostgresStore:
             return int(row[0]) if row else 0
 
         return await self._pool.run(query)
+
+    # -- reputation and pauses (SQL in mailpipe.store.guard_sql) --------------
+
+    async def reputation(self, topic_id: str | None, since: datetime) -> Figures:
+        """Sends, permanent bounces and complaints of the topic (None: the account)
+        since ``since``."""
+        return await self._pool.run(lambda conn: _guard.reputation(conn, topic_id, since, True))
+
+    async def topics_of(self, request_ids: Sequence[int]) -> list[str]:
+        """The distinct topics of these requests."""
+        return await self._pool.run(lambda conn: _guard.topics_of(conn, request_ids, True))
+
+    async def pause_topic(self, topic_id: str, pause: Pause) -> bool:
+        """Store the topic's pause and tell the other instances (``topic_pause``), in
+        one transaction; False when it was paused already (the first pause is kept)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.save_topic_pause(conn, topic_id, pause, True):
+                return False
+            publish_in(conn, "topic_pause", {"topic": topic_id})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def resume_topic(self, topic_id: str) -> bool:
+        """Forget the topic's pause and tell the other instances (``topic_resume``)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.delete_topic_pause(conn, topic_id, True):
+                return False
+            publish_in(conn, "topic_resume", {"topic": topic_id})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def topic_pause(self, topic_id: str) -> Pause | None:
+        """The topic's stored pause, or None."""
+        return await self._pool.run(lambda conn: _guard.topic_pause(conn, topic_id, True))
+
+    async def paused_topics(self) -> list[str]:
+        """Every paused topic."""
+        return await self._pool.run(_guard.paused_topics)
+
+    async def pause_account(self, pause: Pause) -> bool:
+        """Store the account's pause and tell the other instances (``account_pause``)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.save_account_pause(conn, pause, True):
+                return False
+            publish_in(conn, "account_pause", {"reason": pause.reason})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def resume_account(self) -> bool:
+        """Forget the account's pause and tell the other instances (``account_resume``)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.delete_account_pause(conn):
+                return False
+            publish_in(conn, "account_resume", {})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def account_pause(self) -> Pause | None:
+        """The account's stored pause, or None."""
+        return await self._pool.run(_guard.account_pause)
 
     # -- feedback, tracking, suppressions (SQL in mailpipe.store.pg_feedback) --
 

@@ -27,15 +27,18 @@ from mailpipe.model import (
     Claimed,
     Content,
     FeedbackOutcome,
+    Figures,
     IdempotencyKey,
     InsertResult,
     NewMessage,
     Outcome,
+    Pause,
     Recovery,
     Suppression,
 )
 from mailpipe.status import Status
 from mailpipe.store import feedback as _feedback
+from mailpipe.store import guard_sql as _guard
 from mailpipe.store import idempotency as _idempotency
 from mailpipe.store import tracking as _tracking
 from mailpipe.store.base import Cluster, TopicStats
@@ -58,14 +61,18 @@ T = TypeVar("T")
 # ``WHERE status = 2``) serve a query only when it names the same constant. Claims,
 # the wake-up and the next due time walk idx_email_requests_pending_due, by
 # (scheduled_at, id): they read due rows only, however many wait for later.
+_NOT_PAUSED: Final = (
+    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
+)
+"""Rows of a paused topic stay CREATED: claims and the next due time pass them by."""
 _ANY_DUE: Final = (
     f"SELECT 1 FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?"
-    " AND deleted_at IS NULL LIMIT 1"
+    f" AND deleted_at IS NULL{_NOT_PAUSED} LIMIT 1"
 )
 _CLAIM: Final = (
     f"UPDATE email_requests SET status = {Status.PROCESSING:d}, updated_at = ?1 WHERE id IN ("
     f" SELECT id FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?1"
-    " AND deleted_at IS NULL ORDER BY scheduled_at, id LIMIT ?2)"
+    f" AND deleted_at IS NULL{_NOT_PAUSED} ORDER BY scheduled_at, id LIMIT ?2)"
     ' RETURNING id, topic_id, "to", content_id, data, '
 )
 _STOP_SUPPRESSED: Final = (
@@ -74,7 +81,7 @@ _STOP_SUPPRESSED: Final = (
 )
 _NEXT_SCHEDULED: Final = (
     "SELECT MIN(scheduled_at) FROM email_requests"
-    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
+    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL{_NOT_PAUSED}"
 )
 _RECORD_OUTCOME: Final = (
     "UPDATE email_requests SET status = ?, message_id = COALESCE(?, message_id),"
@@ -127,6 +134,15 @@ def _requests_insert(msg: NewMessage) -> tuple[str, str]:
     if msg.data is None:
         return _INSERT_ADDRESSES, json.dumps(list(msg.emails))
     return _INSERT_WITH_DATA, json.dumps(list(zip(msg.emails, msg.data, strict=True)))
+
+
+def _sent_ids(outcomes: Sequence[Outcome]) -> list[tuple[int, str]]:
+    """(request id, SES message id) of the SENT outcomes."""
+    return [
+        (o.request_id, o.message_id)
+        for o in outcomes
+        if o.status is Status.SENT and o.message_id is not None
+    ]
 
 
 def _stop_rows(
@@ -385,8 +401,10 @@ class SqliteStore:
                     for o in outcomes
                 ),
             )
+            changed = cur.rowcount
+            _guard.match_early_feedback(conn, _sent_ids(outcomes), now, False)
             conn.execute("COMMIT")
-            return cur.rowcount
+            return changed
 
         return await self._w.run(txn) if outcomes else 0
 
@@ -500,6 +518,51 @@ class SqliteStore:
             return TopicStats(requests, results)
 
         return await self._r.run(query)
+
+    # -- reputation and pauses (SQL in mailpipe.store.guard_sql) --------------
+
+    async def reputation(self, topic_id: str | None, since: datetime) -> Figures:
+        """Sends, permanent bounces and complaints of the topic (None: the account)
+        since ``since``."""
+
+        def query(conn: sqlite3.Connection) -> Figures:
+            with read_transaction(conn):
+                return _guard.reputation(conn, topic_id, since, False)
+
+        return await self._r.run(query)
+
+    async def topics_of(self, request_ids: Sequence[int]) -> list[str]:
+        """The distinct topics of these requests."""
+        return await self._r.run(lambda conn: _guard.topics_of(conn, request_ids, False))
+
+    async def pause_topic(self, topic_id: str, pause: Pause) -> bool:
+        """Store the topic's pause (its CREATED rows are no longer claimed); False
+        when it was paused already (the first pause is kept)."""
+        return await self._w.run(lambda conn: _guard.save_topic_pause(conn, topic_id, pause, False))
+
+    async def resume_topic(self, topic_id: str) -> bool:
+        """Forget the topic's pause; False when it had none."""
+        return await self._w.run(lambda conn: _guard.delete_topic_pause(conn, topic_id, False))
+
+    async def topic_pause(self, topic_id: str) -> Pause | None:
+        """The topic's stored pause, or None."""
+        return await self._r.run(lambda conn: _guard.topic_pause(conn, topic_id, False))
+
+    async def paused_topics(self) -> list[str]:
+        """Every paused topic."""
+        return await self._r.run(_guard.paused_topics)
+
+    async def pause_account(self, pause: Pause) -> bool:
+        """Store the account's pause; False when it was paused already."""
+        return await self._w.run(lambda conn: _guard.save_account_pause(conn, pause, False))
+
+    async def resume_account(self) -> bool:
+        """Forget the account's pause; False when it had none."""
+        return await self._w.run(_guard.delete_account_pause)
+
+    async def account_pause(self) -> Pause | None:
+        """The account's stored pause, or None."""
+        return await self._r.run(_guard.account_pause)
 
     # -- feedback and suppressions (SQL in mailpipe.store.feedback) ----------
 
