@@ -45,6 +45,7 @@ from mailpipe.pipeline.recorder import Recorder
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import RetryPolicy, SenderPool, batch_size
 from mailpipe.pipeline.shared_rate import SharedRateLimiter
+from mailpipe.pipeline.sqs_intake import SqsIntake, make_sqs_client
 from mailpipe.reputation import Thresholds, window_start
 from mailpipe.secrets_file import load_or_create_secret_file, replace_secret_file
 from mailpipe.signals import watch_signals
@@ -325,7 +326,7 @@ def _assemble(
     if store.cluster is not None:
         cluster_sync = ClusterSync(
             store.cluster, lease_s=config.lease_s, gate=gate, pool=pool, scheduler=scheduler,
-            announcements=announce_recv,
+            pauses=pauses, announcements=announce_recv,
         )
     return Service(
         config, store, api_key, transport, metrics, limiter, gate, scheduler, pool, recorder,
@@ -362,6 +363,13 @@ async def _supervise(
             ))
             await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
             await background.start(svc.guard.run)
+            if svc.config.sqs_queue_url is not None:
+                intake = SqsIntake(
+                    svc, make_sqs_client(svc.config.aws_region, svc.config.sqs_wait_s),
+                    svc.config.sqs_queue_url, raw_allowed=svc.config.sqs_raw_messages,
+                    wait_s=svc.config.sqs_wait_s,
+                )
+                await background.start(intake.run)
             await background.start(partial(run_account_watch, svc))
             log.info(
                 "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",

@@ -27,6 +27,7 @@ from mailpipe.pipeline.jobs import Handed, Job
 from mailpipe.pipeline.limiter import RateLimiter
 from mailpipe.pipeline.metrics import Metrics
 from mailpipe.pipeline.pause import Announcement, PauseGate
+from mailpipe.pipeline.pauses import Pauses
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import SenderPool
 from mailpipe.status import Status
@@ -342,9 +343,10 @@ def cluster_sync(store: Store) -> ClusterSync:
         MockTransport(), RateLimiter(10), Composer("s@x.com"), jobs_recv, outcomes_send,
         Metrics(), max_concurrent=1, handed=Handed(), gate=gate,
     )
+    scheduler = Scheduler(store, jobs_send, gate=gate)
     return ClusterSync(
-        cluster_of(store), lease_s=LEASE_S, gate=gate, pool=pool,
-        scheduler=Scheduler(store, jobs_send, gate=gate), announcements=announce_recv,
+        cluster_of(store), lease_s=LEASE_S, gate=gate, pool=pool, scheduler=scheduler,
+        pauses=Pauses(store, pool, gate, scheduler), announcements=announce_recv,
     )
 
 

@@ -34,8 +34,8 @@ from mailpipe.feedback import (
     parse_ses_event,
     parse_sns,
 )
-from mailpipe.feedback.sns import MAX_BODY_BYTES, NOTIFICATION, SUBSCRIPTION_CONFIRMATION
 from mailpipe.feedback.ses_events import SesEvent
+from mailpipe.feedback.sns import MAX_BODY_BYTES, NOTIFICATION, SUBSCRIPTION_CONFIRMATION
 from mailpipe.http.app import error_response
 from mailpipe.model import FeedbackOutcome
 from mailpipe.timeutil import utcnow

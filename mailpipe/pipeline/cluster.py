@@ -22,6 +22,7 @@ import trio
 
 from mailpipe.errors import LeaseLost, StoreError
 from mailpipe.pipeline.pause import DATABASE, REPUTATION, Announcement, PauseGate
+from mailpipe.pipeline.pauses import Pauses
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import SenderPool
 from mailpipe.store.base import Cluster, ClusterEvent
@@ -47,6 +48,7 @@ class ClusterSync:
         gate: PauseGate,
         pool: SenderPool,
         scheduler: Scheduler,
+        pauses: Pauses,
         announcements: trio.MemoryReceiveChannel[Announcement],
     ) -> None:
         self._cluster = cluster
@@ -54,6 +56,7 @@ class ClusterSync:
         self._gate = gate
         self._pool = pool
         self._scheduler = scheduler
+        self._pauses = pauses
         self._announcements = announcements
         self._last_beat = trio.current_time()
 
@@ -141,8 +144,7 @@ class ClusterSync:
         elif event.kind == "topic_pause":
             self._pool.topic_pauses.pause(str(payload["topic"]))
         elif event.kind == "topic_resume":
-            self._pool.topic_pauses.resume(str(payload["topic"]))
-            self._scheduler.nudge()
+            self._pauses.topic_resumed(str(payload["topic"]))
         elif event.kind == "account_pause":
             self._gate.pause(str(payload["reason"]), cause=REPUTATION, announce=False)
         elif event.kind == "account_resume":

@@ -1,9 +1,12 @@
 """The reputation guard: pauses a topic, or the account, before SES acts.
 
 It checks a topic's figures when a permanent bounce or a complaint about one
-of its requests was stored (:meth:`ReputationGuard.feedback`), and the
-account's at the same time and every ``REPUTATION_CHECK_S`` seconds; the
-account's figures are also the ``mailpipe_reputation_*`` gauges. The figures
+of its requests was stored (:meth:`ReputationGuard.feedback`), and again every
+``REPUTATION_CHECK_S`` seconds while that feedback is in the window (a topic
+reaches ``REPUTATION_MIN_SENDS`` by sending, with no new feedback); the
+account's at the same times. The account's figures are also the
+``mailpipe_reputation_*`` gauges. A topic resumed by a user is paused again
+only by bad feedback that arrives after the resume. The figures
 come from the store over the rolling window; :func:`mailpipe.reputation.breach`
 decides.
 """
@@ -18,9 +21,11 @@ from typing import Final
 import trio
 
 from mailpipe.errors import StoreError
+from mailpipe.lru import BoundedCache
 from mailpipe.model import Figures
 from mailpipe.pipeline.metrics import Metrics
 from mailpipe.pipeline.pauses import Pauses
+from mailpipe.pipeline.stops import MAX_TOPICS
 from mailpipe.reputation import Thresholds, breach, window_start
 from mailpipe.store.base import Store
 from mailpipe.timeutil import utcnow
@@ -56,6 +61,7 @@ class ReputationGuard:
         self._interval = interval
         self._now = now
         self._pending: set[int] = set()
+        self._watched: BoundedCache[str, float] = BoundedCache(MAX_TOPICS)
         self._wake = trio.Event()
         self.account_figures = Figures()
 
@@ -82,14 +88,23 @@ class ReputationGuard:
                 self._pending.update(pending)
 
     async def check(self, request_ids: list[int]) -> None:
-        """Pause the topics of these requests, and the account, whose figures breach."""
+        """Pause the topics of these requests and the topics watched since their bad
+        feedback, and the account, whose figures breach."""
         now = self._now()
         since = window_start(now, self._window_h)
+        clock = trio.current_time()
         for topic_id in await self._store.topics_of(request_ids):
+            self._watched.put(topic_id, clock)
+        for topic_id, seen in self._watched.items():
+            resumed = self._pauses.resumed_at(topic_id)
+            if (resumed is not None and resumed >= seen) or clock - seen > self._window_h * 3600:
+                self._watched.pop(topic_id)  # resumed after that feedback, or it aged out
+                continue
             figures = await self._store.reputation(topic_id, since)
             reason = breach(figures, self._topic, scope="topic")
             if reason is not None:
                 await self._pauses.pause_topic(topic_id, reason, "auto", figures, now)
+                self._watched.pop(topic_id)
         figures = await self._store.reputation(None, since)
         self.account_figures = figures
         self._metrics.reputation(figures)

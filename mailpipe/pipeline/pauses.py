@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+import trio
+
+from mailpipe.lru import BoundedCache
 from mailpipe.model import Figures, Pause
 from mailpipe.pipeline.pause import REPUTATION, PauseGate
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import SenderPool
+from mailpipe.pipeline.stops import MAX_TOPICS
 from mailpipe.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,7 @@ class Pauses:
         self._pool = pool
         self._gate = gate
         self._scheduler = scheduler
+        self._resumed: BoundedCache[str, float] = BoundedCache(MAX_TOPICS)
 
     async def restore(self) -> None:
         """At start-up: hold what the store says is paused."""
@@ -65,11 +70,20 @@ class Pauses:
     async def resume_topic(self, topic_id: str) -> bool:
         """Resume the topic; False when it was not paused."""
         resumed = await self._store.resume_topic(topic_id)
-        self._pool.topic_pauses.resume(topic_id)
-        self._scheduler.nudge()
+        self.topic_resumed(topic_id)
         if resumed:
             log.warning("topic %s resumed", topic_id)
         return resumed
+
+    def topic_resumed(self, topic_id: str) -> None:
+        """The topic was resumed (here, or by another instance): send its requests."""
+        self._resumed.put(topic_id, trio.current_time())
+        self._pool.topic_pauses.resume(topic_id)
+        self._scheduler.nudge()
+
+    def resumed_at(self, topic_id: str) -> float | None:
+        """When (trio clock) the topic was last resumed while this process ran, or None."""
+        return self._resumed.get(topic_id)
 
     async def pause_account(self, reason: str, by: str, figures: Figures, now: datetime) -> bool:
         """Pause all sending; False when the account was paused already."""
