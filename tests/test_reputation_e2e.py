@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ async def bounce_as_sent(
     seen = 0
     left = set(bouncing)
     while left:
-        await progress.until(lambda: _more(fake, seen))
+        await progress.until(partial(_more, fake, seen))
         fresh = fake.received[seen:]
         seen += len(fresh)
         for msg in fresh:

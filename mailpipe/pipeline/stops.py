@@ -7,14 +7,13 @@ come after a request was claimed.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable
 
+from mailpipe.addresses import address_key
 from mailpipe.lru import BoundedCache
 
 MAX_TOPICS = 100_000
 MAX_ADDRESSES = 100_000
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 class TopicStops:
@@ -68,8 +67,8 @@ class RecentSuppressions:
 
     The store stops a suppressed address when it claims the row; this covers
     rows claimed before the suppression came, waiting for a permit or a retry.
-    Addresses compare as the store compares them (``lower(trim(address))``:
-    spaces trimmed, ASCII letters folded). Past ``MAX_ADDRESSES`` the oldest are
+    Addresses compare as the store compares them
+    (:func:`~mailpipe.addresses.address_key`). Past ``MAX_ADDRESSES`` the oldest are
     forgotten: by then their rows were claimed after the suppression.
     """
 
@@ -95,4 +94,4 @@ class RecentSuppressions:
 
 
 def _key(address: str) -> str:
-    return address.strip(" ").translate(_ASCII_LOWER)
+    return address_key(address)

@@ -15,6 +15,8 @@ from typing import Final
 import psycopg
 from psycopg.rows import TupleRow
 
+from mailpipe.addresses import address_key
+
 MIGRATION_LOCK: Final = 0x6D61696C70697065
 """The ``pg_advisory_xact_lock`` key of migrations (``mailpipe`` in ASCII)."""
 
@@ -259,6 +261,32 @@ MIGRATIONS: Final[dict[int, str]] = {
 }
 
 
+REKEY_SUPPRESSIONS: Final = 4
+"""The migration after which suppressions are re-keyed by
+:func:`~mailpipe.addresses.address_key` (Python: SQL has no IDNA)."""
+
+
+def rekey_suppressions(conn: psycopg.Connection[TupleRow]) -> None:
+    """Store every suppression under its address key; of those that become one, the
+    oldest is kept."""
+    rows = conn.execute("SELECT id, address FROM suppressions ORDER BY id").fetchall()
+    kept: dict[str, int] = {}
+    drop: list[int] = []
+    moves: list[tuple[str, int]] = []
+    for sid, address in rows:
+        key = address_key(address)
+        if key in kept:
+            drop.append(sid)
+            continue
+        kept[key] = sid
+        if key != address:
+            moves.append((key, sid))
+    if drop:
+        conn.execute("DELETE FROM suppressions WHERE id = ANY(%s)", (drop,))
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE suppressions SET address = %s WHERE id = %s", moves)
+
+
 def migrate(conn: psycopg.Connection[TupleRow]) -> tuple[int, int]:
     """Apply every migration newer than the database, in one transaction; returns
     (old, new) versions. Raises RuntimeError for a database newer than this code."""
@@ -278,5 +306,7 @@ def migrate(conn: psycopg.Connection[TupleRow]) -> tuple[int, int]:
             )
         for version in range(old + 1, latest + 1):
             conn.execute(MIGRATIONS[version].encode())
+            if version == REKEY_SUPPRESSIONS:
+                rekey_suppressions(conn)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
     return old, latest

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from mailpipe.addresses import address_key
+
 MIGRATIONS: dict[int, str] = {
     # the Go service's tables, columns and status codes.
     1: """
@@ -169,7 +171,9 @@ MIGRATIONS: dict[int, str] = {
     # sends by time (only SENT rows are in it), and the account's permanent
     # bounces and complaints by time (a few per cent of the sends at most).
     # Feedback stored before its send's message id was recorded is found by
-    # that message id once it is (idx_email_results_unmatched).
+    # that message id once it is (idx_email_results_unmatched). Suppressions
+    # are re-keyed by mailpipe.addresses.address_key (the oldest of those that
+    # become one is kept).
     9: """
     CREATE TABLE topic_pauses (
         topic_id    TEXT PRIMARY KEY,
@@ -195,6 +199,10 @@ MIGRATIONS: dict[int, str] = {
         ON email_results(created_at) WHERE bounce_type = 'Permanent' OR status = 'Complaint';
     CREATE INDEX idx_email_results_unmatched
         ON email_results(ses_message_id) WHERE request_id IS NULL;
+    DELETE FROM suppressions WHERE id NOT IN (
+        SELECT min(id) FROM suppressions GROUP BY mailpipe_address_key(address));
+    UPDATE suppressions SET address = mailpipe_address_key(address)
+        WHERE address <> mailpipe_address_key(address);
     CREATE TRIGGER email_results_matched AFTER UPDATE OF request_id ON email_results
     WHEN OLD.request_id IS NULL AND NEW.request_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM email_results
@@ -222,6 +230,7 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
         raise RuntimeError(
             f"database schema version {old} is newer than this mailpipe ({latest})"
         )
+    conn.create_function("mailpipe_address_key", 1, address_key, deterministic=True)
     for version in range(old + 1, latest + 1):
         script = MIGRATIONS[version]
         try:
