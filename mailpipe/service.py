@@ -159,7 +159,15 @@ class Service:
     async def account_state(self) -> AccountState:
         """What the provider says of the account now (``GetAccount`` on SES)."""
         state = await trio.to_thread.run_sync(self.transport.account_state)
-        self.account = state
+        before, now = self.account.enforcement_status, state.enforcement_status
+        if now is not None and now != before:
+            if now != "HEALTHY":
+                log.error("SES EnforcementStatus is %s (SendingEnabled %s): see the SES"
+                          " console's reputation page", now, state.sending_enabled)
+            elif before is not None:
+                log.warning("SES EnforcementStatus is HEALTHY again")
+        if now is not None or self.account.enforcement_status is None:
+            self.account = state
         return state
 
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
@@ -401,16 +409,8 @@ async def run_account_watch(
     """Ask the provider for the account's standing every ``ACCOUNT_CHECK_S`` seconds;
     an SES EnforcementStatus other than HEALTHY is logged when it changes."""
     task_status.started()
-    seen: str | None = None
     while True:
-        state = await svc.account_state()
-        status = state.enforcement_status
-        if status != seen and status not in (None, "HEALTHY"):
-            log.error("SES EnforcementStatus is %s (SendingEnabled %s): see the SES console's"
-                      " reputation page", status, state.sending_enabled)
-        elif status != seen and seen is not None:
-            log.warning("SES EnforcementStatus is %s again", status)
-        seen = status if status is not None else seen
+        await svc.account_state()
         await trio.sleep(svc.config.account_check_s)
 
 

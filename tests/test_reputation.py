@@ -173,6 +173,8 @@ class _FakePauses:
     def resumed_at(self, topic_id: str) -> float | None:
         return None
 
+    account_resumed_at = None
+
 
 async def test_the_guard_rechecks_a_watched_topic_on_its_interval(
     tmp_path: Path, autojump_clock: trio.testing.MockClock

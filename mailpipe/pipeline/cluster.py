@@ -148,8 +148,7 @@ class ClusterSync:
         elif event.kind == "account_pause":
             self._gate.pause(str(payload["reason"]), cause=REPUTATION, announce=False)
         elif event.kind == "account_resume":
-            self._gate.resume(cause=REPUTATION, announce=False)
-            self._scheduler.nudge()
+            self._pauses.account_resumed()
 
     async def _announce(self) -> None:
         async for kind, payload in self._announcements:

@@ -6,7 +6,7 @@ of its requests was stored (:meth:`ReputationGuard.feedback`), and again every
 reaches ``REPUTATION_MIN_SENDS`` by sending, with no new feedback); the
 account's at the same times. The account's figures are also the
 ``mailpipe_reputation_*`` gauges. A topic resumed by a user is paused again
-only by bad feedback that arrives after the resume. The figures
+only by bad feedback that arrives after the resume; so is the account. The figures
 come from the store over the rolling window; :func:`mailpipe.reputation.breach`
 decides.
 """
@@ -64,9 +64,11 @@ class ReputationGuard:
         self._watched: BoundedCache[str, float] = BoundedCache(MAX_TOPICS)
         self._wake = trio.Event()
         self.account_figures = Figures()
+        self._last_bad: float | None = None
 
     def feedback(self, request_ids: Iterable[int]) -> None:
         """A permanent bounce or a complaint about these requests was stored."""
+        self._last_bad = trio.current_time()
         for rid in request_ids:
             if len(self._pending) >= MAX_PENDING:
                 break
@@ -109,5 +111,8 @@ class ReputationGuard:
         self.account_figures = figures
         self._metrics.reputation(figures)
         reason = breach(figures, self._account, scope="account")
+        resumed = self._pauses.account_resumed_at
+        if resumed is not None and (self._last_bad is None or self._last_bad <= resumed):
+            reason = None  # resumed since the last bad feedback: only new feedback re-pauses
         if reason is not None and await self._pauses.pause_account(reason, "auto", figures, now):
             log.error("account paused: %s; resume with POST /v1/account/resume", reason)

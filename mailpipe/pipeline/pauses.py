@@ -37,6 +37,8 @@ class Pauses:
         self._gate = gate
         self._scheduler = scheduler
         self._resumed: BoundedCache[str, float] = BoundedCache(MAX_TOPICS)
+        self.account_resumed_at: float | None = None
+        """When (trio clock) the account was last resumed while this process ran."""
 
     async def restore(self) -> None:
         """At start-up: hold what the store says is paused."""
@@ -94,6 +96,11 @@ class Pauses:
     async def resume_account(self) -> bool:
         """Resume sending after an account pause; False when there was none."""
         resumed = await self._store.resume_account()
+        self.account_resumed()
+        return resumed
+
+    def account_resumed(self) -> None:
+        """The account was resumed (here, or by another instance): send again."""
+        self.account_resumed_at = trio.current_time()
         self._gate.resume(cause=REPUTATION, announce=False)
         self._scheduler.nudge()
-        return resumed
