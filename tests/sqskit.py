@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,10 +50,14 @@ def moto_queue(monkeypatch: pytest.MonkeyPatch, visibility_s: int = 1) -> Iterat
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         client = boto3.client("sqs", region_name="us-east-1", endpoint_url=endpoint)
+        # moto keeps its state per process, not per server: a queue of its own.
         url = client.create_queue(
-            QueueName="mailpipe-feedback",
+            QueueName=f"mailpipe-feedback-{uuid.uuid4().hex}",
             Attributes={"VisibilityTimeout": str(visibility_s)},
         )["QueueUrl"]
-        yield Queue(url, endpoint, client)
+        try:
+            yield Queue(url, endpoint, client)
+        finally:
+            client.delete_queue(QueueUrl=url)
     finally:
         server.stop()
