@@ -307,7 +307,10 @@ def _assemble(
     pool = SenderPool(
         transport,
         limiter,
-        Composer(config.email_sender or "mailpipe@localhost", tokens, config.server_host),
+        Composer(
+            config.email_sender or "mailpipe@localhost", tokens, config.server_host,
+            feedback_sender_id=config.feedback_sender_id,
+        ),
         jobs_recv,
         outcomes_send,
         metrics,

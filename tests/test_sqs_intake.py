@@ -23,9 +23,9 @@ from snskit import SnsSigner
 from sqskit import Queue, moto_queue
 
 
-async def until(check: Callable[[], bool], timeout: float = 15) -> None:
-    """Poll ``check`` (blocking, in a thread) until it is true."""
-    with trio.fail_after(timeout):
+async def until(check: Callable[[], bool]) -> None:
+    """Poll ``check`` (blocking, in a thread) until it is true (at most 15 s)."""
+    with trio.fail_after(15):
         while not await trio.to_thread.run_sync(check):
             await trio.sleep(0.05)
 
