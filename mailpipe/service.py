@@ -24,7 +24,7 @@ from hypercorn.trio import serve
 
 from mailpipe.addresses import AddressValidator
 from mailpipe.compose import Composer
-from mailpipe.config import Config
+from mailpipe.config import Config, default_host
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import ConfigError, StoreError
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
@@ -82,6 +82,8 @@ class Service:
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
     url: str = ""
+    base_url: str = ""
+    """Where links in emails point: ``SERVER_HOST``, or this instance as bound."""
     sns_get: Callable[[str], bytes] = field(default=http_fetch)
     """GETs SNS certificates and SubscribeURLs (blocking; run in a thread); tests replace it."""
     sns_verifier: SnsVerifier = field(init=False)
@@ -225,6 +227,14 @@ async def resolve_secret(
     return secret
 
 
+def public_base_url(config: Config, bound: str) -> str:
+    """``SERVER_HOST``; when it was left to default with ``SERVER_PORT=0``, the
+    default host at the port actually bound (never ``localhost:0``)."""
+    if config.server_port == 0 and config.server_host == default_host(0):
+        return default_host(int(bound.rsplit(":", 1)[1]))
+    return config.server_host
+
+
 def channel_capacity(rate: float) -> int:
     """Claimed jobs held in memory: about two seconds of sending, within bounds."""
     return max(100, min(10_000, int(2 * rate)))
@@ -365,6 +375,8 @@ async def _supervise(
             # ends the start before a single row is touched.
             binds = await pipeline.start(_serve_http, svc)
             svc.url = binds[0]
+            svc.base_url = public_base_url(svc.config, svc.url)
+            svc.pool.composer.base_url = svc.base_url
             await pipeline.start(svc.recorder.run)
             await pipeline.start(svc.pool.run)
             await pipeline.start(svc.scheduler.run)

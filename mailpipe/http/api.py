@@ -59,7 +59,7 @@ async def post_messages() -> Response | dict[str, Any]:
         if earlier is not None:
             return _replay(earlier)
     limits = Limits(max_recipients=svc.config.max_recipients_per_request)
-    links = probe_links(svc.tokens, svc.config.server_host)
+    links = probe_links(svc.tokens, svc.base_url)
     cancelled = threading.Event()
     validate = partial(
         parse_send_request, body, limits, svc.addresses, cancelled=cancelled, links=links

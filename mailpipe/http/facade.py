@@ -32,6 +32,8 @@ class Pipeline(Protocol):
     """For reads, and for writes that no actor holds state about."""
     tokens: Tokens
     """Signs and checks the open, click and unsubscribe links."""
+    base_url: str
+    """Where links in emails point (``SERVER_HOST`` or this instance as bound)."""
     sns_verifier: SnsVerifier
 
     @property

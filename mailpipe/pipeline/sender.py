@@ -126,7 +126,7 @@ class SenderPool:
     ) -> None:
         self._transport = transport
         self._limiter = limiter
-        self._composer = composer
+        self.composer = composer
         self._jobs = jobs
         self._outcomes = outcomes
         self._metrics = metrics
@@ -324,7 +324,7 @@ class SenderPool:
         composed: list[Email | SendResult] = []
         for job in batch:
             try:
-                composed.append(self._composer.compose(job))
+                composed.append(self.composer.compose(job))
             except (ValueError, SendError) as exc:
                 error = (
                     exc
