@@ -61,6 +61,7 @@ async def test_the_account_pauses_and_resumes(
                                         "sentLast24Hours": 10.0}
             assert (account["enforcementStatus"], account["sendingEnabled"]) == ("HEALTHY", True)
             assert account["reputation"]["bounceRate"] == 0.1
+            assert "mailpipe_reputation_bounce_rate 0.1" in (await client.get("/metrics")).text
         # Stored: after a restart all sending is still held.
         async with running_service(config) as svc, api_client(svc) as client:
             progress = Progress(svc)
@@ -98,3 +99,29 @@ async def test_an_enforcement_status_other_than_healthy_is_reported(
             assert ready.status_code == 503
             assert ready.json() == {"status": "enforcement",
                                     "error": "SES EnforcementStatus is PROBATION"}
+
+
+async def test_a_topic_paused_by_hand(tmp_path: Path) -> None:
+    from conftest import make_config
+
+    with trio.fail_after(20):
+        async with running_service(make_config(tmp_path)) as svc, api_client(svc) as client:
+            body = {"messages": [{"topicId": "later", "emails": ["a@example.com"],
+                                  "subject": "s", "content": "c",
+                                  "scheduledAt": "2099-01-01T00:00:00Z"}]}
+            assert (await client.post("/v1/messages", json=body)).status_code == 200
+            paused = await client.post("/v1/topics/later/pause", json={"reason": "wrong list"})
+            assert paused.status_code == 200
+            topic = paused.json()
+            assert topic["paused"]["reason"] == "wrong list" and topic["paused"]["by"] == "user"
+            assert topic["request"]["created"] == 1
+            again = await client.post("/v1/topics/later/pause")  # the first pause is kept
+            assert again.json()["paused"]["reason"] == "wrong list"
+            assert (await client.post("/v1/topics/nothing/pause")).status_code == 404
+            assert (await client.post("/v1/topics/nothing/resume")).status_code == 404
+            bad = await client.post("/v1/topics/later/pause", content=b"[1]")
+            assert bad.status_code == 400
+            bad = await client.post("/v1/topics/later/pause", json={"reason": "a\nb"})
+            assert bad.status_code == 400
+            resumed = await client.post("/v1/topics/later/resume")
+            assert resumed.status_code == 200 and resumed.json()["paused"] is None
