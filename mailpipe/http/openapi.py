@@ -303,7 +303,7 @@ SCHEMAS: Final[Json] = {
     "Status": _obj(["status"], status={"type": "string"}),
     "NotReady": _obj(
         ["status", "error"],
-        status={"type": "string", "enum": ["unavailable", "paused", "stopping"]},
+        status={"type": "string", "enum": ["unavailable", "paused", "enforcement", "stopping"]},
         error={"type": "string"},
     ),
 }
@@ -599,7 +599,8 @@ PROBES: Final[Json] = {
     "/ready": {
         "get": {
             "summary": "Readiness",
-            "description": "200 when the store answers and sending is not paused.",
+            "description": "200 when the store answers, sending is not paused (by SES, the "
+            "reputation guard or the database) and SES reports EnforcementStatus HEALTHY.",
             "responses": {
                 "200": _json("Ready", _ref("Status")),
                 "503": _json("Not ready, and why", _ref("NotReady")),
