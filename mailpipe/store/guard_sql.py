@@ -45,6 +45,25 @@ _ANY_UNMATCHED: Final = (
 )
 
 
+PAUSED_LOOKAHEAD: Final = 10_000
+"""Pending rows the next-due-time query reads past while topics are paused: beyond
+that many paused rows at the head of the queue, the scheduler's poll finds the rest."""
+NOT_PAUSED: Final = (
+    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
+)
+"""Rows of a paused topic stay CREATED: claims and the next due time pass them by.
+The stores use the queries with this filter only while some topic is paused, so
+that without pauses their plans stay exactly the index walks."""
+ANY_PAUSED: Final = "SELECT EXISTS (SELECT 1 FROM topic_pauses)"
+NEXT_SCHEDULED_PAUSED: Final = (
+    "SELECT w.scheduled_at FROM (SELECT scheduled_at, topic_id FROM email_requests"
+    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
+    f" ORDER BY scheduled_at, id LIMIT {PAUSED_LOOKAHEAD}) w"
+    " WHERE NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = w.topic_id) LIMIT 1"
+)
+"""The earliest due time of a row no pause holds (the first by the pending index)."""
+
+
 def _q(sql: str, pg: bool) -> str:
     return sql.replace("?", "%s") if pg else sql
 

@@ -68,14 +68,12 @@ PRUNE_EVERY_S: Final = 5.0
 # and the others) serve a query only when it names the same constant. Claims and
 # the next due time walk idx_email_requests_pending, by (scheduled_at, id): they
 # read due rows only, however many wait for later.
-_CLAIM: Final = (
+_CLAIM_SQL: Final = (
     "WITH claimed AS ("
     f" UPDATE email_requests SET status = {Status.PROCESSING:d}, owner = %(me)s,"
     " updated_at = %(now)s"
     f" WHERE id IN (SELECT id FROM email_requests WHERE status = {Status.CREATED:d}"
-    " AND scheduled_at <= %(now)s AND deleted_at IS NULL"
-    # Rows of a paused topic stay CREATED: claims and the next due time pass them by.
-    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
+    " AND scheduled_at <= %(now)s AND deleted_at IS NULL{paused}"
     " ORDER BY scheduled_at, id LIMIT %(n)s"
     " FOR UPDATE SKIP LOCKED)"
     # An instance whose lease was taken over claims nothing more.
@@ -84,6 +82,10 @@ _CLAIM: Final = (
     ' SELECT c.id, c.topic_id, c."to", c.content_id, c.data, s.reason FROM claimed c'
     ' LEFT JOIN suppressions s ON s.address = lower(c."to")'
 )
+# Rows of a paused topic stay CREATED: while some topic is paused, the twin with
+# the filter claims (see mailpipe.store.guard_sql.NOT_PAUSED).
+_CLAIM: Final = _CLAIM_SQL.replace("{paused}", "")
+_CLAIM_PAUSED: Final = _CLAIM_SQL.replace("{paused}", _guard.NOT_PAUSED)
 _STOP_SUPPRESSED: Final = (
     f"UPDATE email_requests r SET status = {Status.STOPPED:d},"
     " error = 'suppressed: ' || x.reason,"
@@ -101,7 +103,6 @@ _RECORD_OUTCOMES: Final = (
 _NEXT_SCHEDULED: Final = (
     "SELECT min(scheduled_at) FROM email_requests"
     f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
-    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
 )
 _COUNT_SENT_SINCE: Final = (
     f"SELECT count(*) FROM email_requests WHERE status = {Status.SENT:d} AND updated_at >= %s"
@@ -151,7 +152,9 @@ class PostgresStore:
         suppressed addresses go to STOPPED in the same transaction."""
 
         def txn(conn: Conn) -> list[Claimed]:
-            rows = conn.execute(_CLAIM, {"me": self._me, "now": now, "n": limit}).fetchall()
+            row = conn.execute(_guard.ANY_PAUSED).fetchone()
+            claim = _CLAIM_PAUSED if row and row[0] else _CLAIM
+            rows = conn.execute(claim, {"me": self._me, "now": now, "n": limit}).fetchall()
             suppressed = [(r[0], r[5]) for r in rows if r[5]]
             if suppressed:
                 ids, reasons = zip(*suppressed, strict=True)
@@ -165,7 +168,9 @@ class PostgresStore:
         """When the earliest CREATED row falls due, or None when there is none."""
 
         def query(conn: Conn) -> datetime | None:
-            row = conn.execute(_NEXT_SCHEDULED).fetchone()
+            paused = conn.execute(_guard.ANY_PAUSED).fetchone()
+            sql = _guard.NEXT_SCHEDULED_PAUSED if paused and paused[0] else _NEXT_SCHEDULED
+            row = conn.execute(sql).fetchone()
             return row[0].astimezone(UTC) if row and row[0] is not None else None
 
         return await self._pool.run(query)

@@ -60,28 +60,29 @@ T = TypeVar("T")
 # Status codes are interpolated, not bound: the partial indexes (``WHERE status = 0``,
 # ``WHERE status = 2``) serve a query only when it names the same constant. Claims,
 # the wake-up and the next due time walk idx_email_requests_pending_due, by
-# (scheduled_at, id): they read due rows only, however many wait for later.
-_NOT_PAUSED: Final = (
-    " AND NOT EXISTS (SELECT 1 FROM topic_pauses p WHERE p.topic_id = email_requests.topic_id)"
-)
-"""Rows of a paused topic stay CREATED: claims and the next due time pass them by."""
-_ANY_DUE: Final = (
+# (scheduled_at, id): they read due rows only, however many wait for later. Each has
+# a twin for when some topic is paused (mailpipe.store.guard_sql.NOT_PAUSED).
+_ANY_DUE_SQL: Final = (
     f"SELECT 1 FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?"
-    f" AND deleted_at IS NULL{_NOT_PAUSED} LIMIT 1"
+    " AND deleted_at IS NULL{paused} LIMIT 1"
 )
-_CLAIM: Final = (
+_ANY_DUE: Final = _ANY_DUE_SQL.format(paused="")
+_ANY_DUE_PAUSED: Final = _ANY_DUE_SQL.format(paused=_guard.NOT_PAUSED)
+_CLAIM_SQL: Final = (
     f"UPDATE email_requests SET status = {Status.PROCESSING:d}, updated_at = ?1 WHERE id IN ("
     f" SELECT id FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?1"
-    f" AND deleted_at IS NULL{_NOT_PAUSED} ORDER BY scheduled_at, id LIMIT ?2)"
+    " AND deleted_at IS NULL{paused} ORDER BY scheduled_at, id LIMIT ?2)"
     ' RETURNING id, topic_id, "to", content_id, data, '
 )
+_CLAIM: Final = _CLAIM_SQL.format(paused="")
+_CLAIM_PAUSED: Final = _CLAIM_SQL.format(paused=_guard.NOT_PAUSED)
 _STOP_SUPPRESSED: Final = (
     f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ?"
     " WHERE id = ?"
 )
 _NEXT_SCHEDULED: Final = (
     "SELECT MIN(scheduled_at) FROM email_requests"
-    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL{_NOT_PAUSED}"
+    f" WHERE status = {Status.CREATED:d} AND deleted_at IS NULL"
 )
 _RECORD_OUTCOME: Final = (
     "UPDATE email_requests SET status = ?, message_id = COALESCE(?, message_id),"
@@ -339,18 +340,24 @@ class SqliteStore:
         the error ``suppressed: <reason>`` in the same transaction and are not
         returned: a suppressed address is never handed to a transport.
         """
-        checked = _CLAIM + '(SELECT reason FROM suppressions WHERE address = lower("to"))'
-        unchecked = _CLAIM + "NULL"  # no suppressions at all: skip the lookup per row
         now_text = to_db(now)
 
         def claim(conn: sqlite3.Connection) -> list[Claimed]:
-            if conn.execute(_ANY_DUE, (now_text,)).fetchone() is None:
+            (paused,) = conn.execute(_guard.ANY_PAUSED).fetchone()
+            any_due = _ANY_DUE_PAUSED if paused else _ANY_DUE
+            if conn.execute(any_due, (now_text,)).fetchone() is None:
                 return []  # skips the write and the id-order walk past rows not yet due
             with transaction(conn):
                 (any_suppressed,) = conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM suppressions)"
                 ).fetchone()
-                query = checked if any_suppressed else unchecked
+                (paused,) = conn.execute(_guard.ANY_PAUSED).fetchone()
+                base = _CLAIM_PAUSED if paused else _CLAIM
+                # No suppressions at all: skip the lookup per row.
+                query = base + (
+                    '(SELECT reason FROM suppressions WHERE address = lower("to"))'
+                    if any_suppressed else "NULL"
+                )
                 rows = conn.execute(query, (now_text, limit)).fetchall()
                 suppressed = [(f"suppressed: {r[5]}", now_text, r[0]) for r in rows if r[5]]
                 if suppressed:
@@ -365,8 +372,10 @@ class SqliteStore:
         """When the earliest CREATED row falls due, or None when there is none."""
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            (first,) = conn.execute(_NEXT_SCHEDULED).fetchone()
-            return from_db(first) if first else None
+            (paused,) = conn.execute(_guard.ANY_PAUSED).fetchone()
+            sql = _guard.NEXT_SCHEDULED_PAUSED if paused else _NEXT_SCHEDULED
+            row = conn.execute(sql).fetchone()
+            return from_db(row[0]) if row and row[0] else None
 
         return await self._r.run(query)
 
