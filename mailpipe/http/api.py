@@ -129,8 +129,9 @@ async def topic_stats(topic_id: str) -> dict[str, Any]:
     """Counts of the topic's requests per status and results per event type, its
     reputation over the window, and its pause (or null)."""
     svc = pipeline()
-    stats = topic_stats_json(await svc.store.topic_stats(topic_id))
-    return {**stats, **await topic_guard_json(svc, topic_id)}
+    guard = await topic_guard_json(svc, topic_id)
+    # The counts last: the freshest part of the answer.
+    return {**topic_stats_json(await svc.store.topic_stats(topic_id)), **guard}
 
 
 def topic_stats_json(stats: TopicStats) -> dict[str, Any]:

@@ -56,8 +56,8 @@ async def topic_guard_json(svc: Pipeline, topic_id: str) -> dict[str, Any]:
 async def _topic_answer(svc: Pipeline, topic_id: str) -> dict[str, Any]:
     from mailpipe.http.api import topic_stats_json  # the topic's JSON, built in one place
 
-    stats = topic_stats_json(await svc.store.topic_stats(topic_id))
-    return {**stats, **await topic_guard_json(svc, topic_id)}
+    guard = await topic_guard_json(svc, topic_id)
+    return {**topic_stats_json(await svc.store.topic_stats(topic_id)), **guard}
 
 
 @bp.post("/v1/topics/<topic_id>/pause")
