@@ -13,12 +13,16 @@ part cannot be sent at all and is refused.
 :meth:`AddressValidator.normalize_all` does the same for a whole list at C
 speed (one join, a byte-class check, a few substring searches), which is what
 makes a 100,000-recipient POST cheap; any list it is unsure of goes one by one.
+
+:func:`address_key` is the one comparison of addresses: deduplication within a
+request, the suppression list (its stored key) and matching feedback use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -149,3 +153,27 @@ def _full(address: str) -> str:
         raise InvalidAddress(address, str(exc)) from None
     assert result.ascii_email is not None  # allow_smtputf8=False promises it
     return str(result.ascii_email)
+
+
+def address_key(address: str) -> str:
+    """What makes two addresses the same recipient: the address normalised as it
+    is sent (spaces trimmed, the domain IDNA-encoded to Punycode), then case-folded
+    whole, Unicode included. An address that cannot be normalised (it came from
+    elsewhere, e.g. feedback) is trimmed and case-folded as it is.
+
+    For a normalised address (always ASCII) this is ``lower()``, which is what SQL
+    compares (``lower("to")``) when a row is claimed.
+    """
+    trimmed = address.strip()
+    if not trimmed.isascii():
+        with contextlib.suppress(InvalidAddress):
+            trimmed = _full(trimmed)
+    return trimmed.casefold()
+
+
+def unique_addresses(addresses: Iterable[str]) -> list[str]:
+    """The addresses with one per :func:`address_key`, each as first written, in order."""
+    first: dict[str, str] = {}
+    for address in addresses:
+        first.setdefault(address_key(address), address)
+    return list(first.values())

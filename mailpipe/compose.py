@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from email.utils import parseaddr
 from functools import partial
 from typing import Any
 
@@ -27,6 +28,28 @@ from mailpipe.transport import Email, request_headers, request_tags
 PREPARED_CACHE = 256
 """Prepared contents kept; past it, the one prepared first is dropped."""
 ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+FEEDBACK_PART_MAX = 40
+"""Characters each part of a ``Feedback-ID`` keeps (Gmail reads the header up to a
+few hundred; a 4-part id of 40 each stays far inside)."""
+
+
+def feedback_id(topic_id: str | None, content_id: int, sender_id: str) -> str:
+    """The ``Feedback-ID`` header's value, ``<topic>:<content>:mailpipe:<sender>``, by
+    which Gmail's Postmaster Tools group complaints per campaign. Each part keeps
+    only printable ASCII without colons or spaces, at most ``FEEDBACK_PART_MAX``."""
+    parts = (topic_id or "none", str(content_id), "mailpipe", sender_id)
+    return ":".join(_feedback_part(p) for p in parts)
+
+
+def _feedback_part(text: str) -> str:
+    kept = "".join(c for c in text if "!" <= c <= "~" and c != ":")
+    return kept[:FEEDBACK_PART_MAX] or "none"
+
+
+def sender_domain(sender: str) -> str:
+    """The domain of the sending address (``Name <a@b.com>`` gives ``b.com``)."""
+    address = parseaddr(sender)[1] or sender
+    return address.rpartition("@")[2] or "localhost"
 
 
 class Composer:
@@ -38,8 +61,16 @@ class Composer:
     templates are rendered but nothing is tracked (``unsubscribe_url`` is empty).
     """
 
-    def __init__(self, sender: str, tokens: Tokens | None = None, base_url: str = "") -> None:
+    def __init__(
+        self,
+        sender: str,
+        tokens: Tokens | None = None,
+        base_url: str = "",
+        *,
+        feedback_sender_id: str | None = None,
+    ) -> None:
         self.sender = sender
+        self.feedback_sender_id = feedback_sender_id or sender_domain(sender)
         self.tokens = tokens
         self.base_url = base_url
         self._prepared: BoundedCache[int, PreparedContent] = BoundedCache(PREPARED_CACHE)
@@ -49,7 +80,10 @@ class Composer:
         """The email for ``job``; raises :class:`PermanentSendError` when it cannot be
         rendered (code ``TemplateError``)."""
         rid, to = job.request_id, job.to
-        headers = request_headers(rid)
+        headers = (
+            *request_headers(rid),
+            ("Feedback-ID", feedback_id(job.topic_id, job.content.id, self.feedback_sender_id)),
+        )
         open_url = click_url = None
         unsubscribe_url = ""
         if self.tokens is not None:

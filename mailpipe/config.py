@@ -99,6 +99,24 @@ class Config:
     webhook_allow_private: bool = False
     """Allow webhook URLs on loopback, private and link-local addresses (tests, labs)."""
     webhook_max_endpoints: int = 100
+    reputation_window_h: float = 24.0
+    """Hours of the rolling window the reputation figures cover."""
+    reputation_min_sends: int = 200
+    """Sends a topic needs in the window before its rates can pause it."""
+    account_min_sends: int = 1000
+    """Sends the account needs in the window before its rates can pause all sending."""
+    pause_bounce_rate: float = 0.04
+    pause_complaint_rate: float = 0.0008
+    reputation_check_s: float = 10.0
+    """Seconds between checks of the account's figures (topics are checked on feedback)."""
+    account_check_s: float = 300.0
+    """Seconds between ``GetAccount`` calls that watch the SES EnforcementStatus."""
+    sqs_queue_url: str | None = None
+    sqs_raw_messages: bool = False
+    sqs_wait_s: int = 5
+    """``WaitTimeSeconds`` of each SQS long poll (bounds how long shutdown waits for it)."""
+    feedback_sender_id: str | None = None
+    """The last part of the ``Feedback-ID`` header; the sending domain when unset."""
 
     @property
     def store_address(self) -> str | Path:
@@ -217,6 +235,27 @@ def _from_env(env: Mapping[str, str]) -> Config:
         webhook_allow_private=parse("WEBHOOK_ALLOW_PRIVATE", _bool, d.webhook_allow_private),
         webhook_max_endpoints=parse("WEBHOOK_MAX_ENDPOINTS", _int_range(1, 10_000),
                                     d.webhook_max_endpoints),
+        reputation_window_h=parse(
+            "REPUTATION_WINDOW_H", _float_range(0.01, 168.0), d.reputation_window_h
+        ),
+        reputation_min_sends=parse(
+            "REPUTATION_MIN_SENDS", _int_range(1, 10_000_000), d.reputation_min_sends
+        ),
+        account_min_sends=parse(
+            "ACCOUNT_MIN_SENDS", _int_range(1, 100_000_000), d.account_min_sends
+        ),
+        pause_bounce_rate=parse("PAUSE_BOUNCE_RATE", _float_range(1e-6, 1.0), d.pause_bounce_rate),
+        pause_complaint_rate=parse(
+            "PAUSE_COMPLAINT_RATE", _float_range(1e-6, 1.0), d.pause_complaint_rate
+        ),
+        reputation_check_s=parse(
+            "REPUTATION_CHECK_S", _float_range(0.1, 3600.0), d.reputation_check_s
+        ),
+        account_check_s=parse("ACCOUNT_CHECK_S", _float_range(1.0, 86400.0), d.account_check_s),
+        sqs_queue_url=parse("SQS_QUEUE_URL", _base_url, d.sqs_queue_url),
+        sqs_raw_messages=parse("SQS_RAW_MESSAGES", _bool, d.sqs_raw_messages),
+        sqs_wait_s=parse("SQS_WAIT_S", _int_range(0, 20), d.sqs_wait_s),
+        feedback_sender_id=get("FEEDBACK_SENDER_ID"),
     )
 
 def _choose_transport(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from mailpipe.addresses import AddressValidator
+from mailpipe.addresses import AddressValidator, address_key, unique_addresses
 from mailpipe.content.templates import (
     MAX_SUBJECT,
     Deadline,
@@ -229,19 +229,22 @@ def _recipients(
     if not isinstance(given, list) or not given:
         raise RequestInvalid(f"{where}.recipients must be a non-empty array")
     emails = [] if plain is None or plain == [] else _emails(plain, where, validator)
-    found: dict[str, tuple[str, dict[str, Any] | None]] = {
-        e: (f"{where}.emails", None) for e in emails
+    # By address_key: one recipient per address however it is written; the
+    # first spelling is the one stored and sent.
+    found: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+        address_key(e): (e, f"{where}.emails", None) for e in emails
     }
     for j, entry in enumerate(given):
         at = f"{where}.recipients[{j}]"
         address, data = _recipient(entry, at, validator)
-        if address in found:
-            first, known = found[address]
+        key = address_key(address)
+        if key in found:
+            _, first, known = found[key]
             if known != data:
                 raise RequestInvalid(f"{at}: {address} is also in {first} with different data")
             continue
-        found[address] = (at, data)
-    return list(found), [data for _, data in found.values()]
+        found[key] = (address, at, data)
+    return [a for a, _, _ in found.values()], [data for _, _, data in found.values()]
 
 
 def _recipient(
@@ -291,16 +294,16 @@ def _emails(value: Any, where: str, validator: AddressValidator) -> list[str]:
         raise RequestInvalid(f"{where}.emails must be a non-empty array of addresses")
     fast = validator.normalize_all(value)
     if fast is not None:
-        return list(dict.fromkeys(fast))
-    seen: dict[str, None] = {}
+        return unique_addresses(fast)
+    normalised: list[str] = []
     for j, raw in enumerate(value):
         if not isinstance(raw, str):
             raise RequestInvalid(f"{where}.emails[{j}] must be a string")
         try:
-            seen[validator.normalize(raw.strip())] = None
+            normalised.append(validator.normalize(raw.strip()))
         except InvalidAddress as exc:
             raise RequestInvalid(f"{where}.emails[{j}]: {exc}") from None
-    return list(seen)
+    return unique_addresses(normalised)
 
 
 def _scheduled(value: Any, where: str) -> datetime | None:

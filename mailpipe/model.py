@@ -105,6 +105,8 @@ class FeedbackOutcome:
     suppressed: int = 0
     suppressions: tuple[tuple[str, str], ...] = ()
     """(address, reason) of each recipient the record suppresses, new or not."""
+    request_ids: tuple[int, ...] = ()
+    """The requests the record matched."""
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,50 @@ class Recovery:
 
     stopped: int = 0
     requeued: int = 0
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Sends, permanent bounces and complaints over the reputation window.
+
+    Bounces and complaints count distinct requests, as SES counts recipients.
+    """
+
+    sends: int = 0
+    bounces: int = 0
+    complaints: int = 0
+
+    @property
+    def bounce_rate(self) -> float:
+        """Permanent bounces per send (0 without sends)."""
+        return self.bounces / self.sends if self.sends else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        """Complaints per send (0 without sends)."""
+        return self.complaints / self.sends if self.sends else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The figures as the API and the webhooks show them."""
+        return {
+            "sends": self.sends,
+            "bounces": self.bounces,
+            "complaints": self.complaints,
+            "bounceRate": self.bounce_rate,
+            "complaintRate": self.complaint_rate,
+        }
+
+
+PAUSED_BY: Final = ("auto", "user")
+"""Who paused a topic or the account: the reputation guard, or a user by API."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A stored pause of a topic or of the whole account: why, by whom, when, and
+    the figures it was taken on."""
+
+    reason: str
+    by: str
+    at: datetime
+    figures: Figures

@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +24,7 @@ from hypercorn.trio import serve
 
 from mailpipe.addresses import AddressValidator
 from mailpipe.compose import Composer
-from mailpipe.config import Config
+from mailpipe.config import Config, default_host
 from mailpipe.content.tokens import Tokens
 from mailpipe.errors import ConfigError, StoreError
 from mailpipe.feedback.sns import SnsVerifier, http_fetch
@@ -31,22 +32,26 @@ from mailpipe.http.app import create_app
 from mailpipe.http.drain import RequestTracker
 from mailpipe.http.feedback import SnsFastPath, make_verifier
 from mailpipe.http.server_errors import install_json_error_bodies
-from mailpipe.model import IdempotencyKey, InsertResult, NewMessage, Outcome
+from mailpipe.model import Figures, IdempotencyKey, InsertResult, NewMessage, Outcome
 from mailpipe.pipeline.cluster import ClusterSync
+from mailpipe.pipeline.guard import ReputationGuard
 from mailpipe.pipeline.jobs import Backlog, Handed, Job
 from mailpipe.pipeline.limiter import Limiter, RateLimiter
 from mailpipe.pipeline.metrics import Metrics, Reporter
 from mailpipe.pipeline.pause import Announcement, PauseGate
+from mailpipe.pipeline.pauses import Pauses
 from mailpipe.pipeline.probe import run_pause_probe
 from mailpipe.pipeline.recorder import Recorder
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import RetryPolicy, SenderPool, batch_size
 from mailpipe.pipeline.shared_rate import SharedRateLimiter
+from mailpipe.pipeline.sqs_intake import SqsIntake, make_sqs_client
+from mailpipe.reputation import Thresholds, window_start
 from mailpipe.secrets_file import load_or_create_secret_file, replace_secret_file
 from mailpipe.signals import watch_signals
 from mailpipe.store import Cluster, Store, open_store
 from mailpipe.timeutil import utcnow
-from mailpipe.transport import Transport
+from mailpipe.transport import AccountState, Transport
 from mailpipe.transport.factory import open_transport
 from mailpipe.webhooks.dispatcher import Dispatcher, lease_for
 from mailpipe.webhooks.policy import RetryPolicy as WebhookRetryPolicy
@@ -71,6 +76,8 @@ class Service:
     recorder: Recorder
     tokens: Tokens
     """Signs and checks the open, click and unsubscribe links."""
+    pauses: Pauses
+    guard: ReputationGuard
     cluster_sync: ClusterSync | None = None
     """Keeps this instance in step with the others (PostgreSQL only)."""
     dispatcher: Dispatcher | None = None
@@ -80,9 +87,13 @@ class Service:
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
     url: str = ""
+    base_url: str = ""
+    """Where links in emails point: ``SERVER_HOST``, or this instance as bound."""
     sns_get: Callable[[str], bytes] = field(default=http_fetch)
     """GETs SNS certificates and SubscribeURLs (blocking; run in a thread); tests replace it."""
     sns_verifier: SnsVerifier = field(init=False)
+    account: AccountState = field(default_factory=AccountState)
+    """What the provider last said of the account."""
 
     def __post_init__(self) -> None:
         self.sns_verifier = make_verifier(self.config, self._sns_fetch)
@@ -125,6 +136,50 @@ class Service:
         """A webhook delivery was made due now: look at the outbox at once."""
         if self.dispatcher is not None:
             self.dispatcher.nudge()
+    async def pause_topic(self, topic_id: str, reason: str) -> bool | None:
+        """Pause the topic by hand; None when it has no requests, False when it was
+        paused already."""
+        if await self.store.max_request_id(topic_id) is None:
+            return None
+        now = utcnow()
+        figures = await self.store.reputation(topic_id, self.window_start(now))
+        return await self.pauses.pause_topic(topic_id, reason, "user", figures, now)
+
+    async def resume_topic(self, topic_id: str) -> bool | None:
+        """Resume the topic; None when it has no requests, False when it was not paused."""
+        if await self.store.max_request_id(topic_id) is None:
+            return None
+        return await self.pauses.resume_topic(topic_id)
+
+    async def resume_account(self) -> bool:
+        """Lift the account's pause; False when there was none."""
+        return await self.pauses.resume_account()
+
+    def bad_feedback(self, request_ids: Iterable[int]) -> None:
+        """A permanent bounce or a complaint about these requests was stored."""
+        self.guard.feedback(request_ids)
+
+    def window_start(self, now: datetime) -> datetime:
+        """Where the reputation window ending at ``now`` begins."""
+        return window_start(now, self.config.reputation_window_h)
+
+    async def reputation(self, topic_id: str | None) -> Figures:
+        """The topic's (None: the account's) figures over the reputation window."""
+        return await self.store.reputation(topic_id, self.window_start(utcnow()))
+
+    async def account_state(self) -> AccountState:
+        """What the provider says of the account now (``GetAccount`` on SES)."""
+        state = await trio.to_thread.run_sync(self.transport.account_state)
+        before, now = self.account.enforcement_status, state.enforcement_status
+        if now is not None and now != before:
+            if now != "HEALTHY":
+                log.error("SES EnforcementStatus is %s (SendingEnabled %s): see the SES"
+                          " console's reputation page", now, state.sending_enabled)
+            elif before is not None:
+                log.warning("SES EnforcementStatus is HEALTHY again")
+        if now is not None or self.account.enforcement_status is None:
+            self.account = state
+        return state
 
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
         """Withhold claimed rows to these (address, reason) pairs too."""
@@ -142,6 +197,9 @@ class Service:
             return "unavailable", f"store: {exc}"
         if self.gate.paused:
             return "paused", f"sending paused: {self.gate.reason}"
+        enforcement = self.account.enforcement_status
+        if enforcement not in (None, "HEALTHY"):
+            return "enforcement", f"SES EnforcementStatus is {enforcement}"
         if self.stopping:
             return "stopping", "shutting down"
         return None
@@ -176,6 +234,14 @@ async def resolve_secret(
         raise StoreError(f"cannot write the secret file {path}: {exc}") from exc
     log.info("%s is not set; using the generated key in %s", name.upper(), path)
     return secret
+
+
+def public_base_url(config: Config, bound: str) -> str:
+    """``SERVER_HOST``; when it was left to default with ``SERVER_PORT=0``, the
+    default host at the port actually bound (never ``localhost:0``)."""
+    if config.server_port == 0 and config.server_host == default_host(0):
+        return default_host(int(bound.rsplit(":", 1)[1]))
+    return config.server_host
 
 
 def channel_capacity(rate: float) -> int:
@@ -282,7 +348,10 @@ def _assemble(
     pool = SenderPool(
         transport,
         limiter,
-        Composer(config.email_sender or "mailpipe@localhost", tokens, config.server_host),
+        Composer(
+            config.email_sender or "mailpipe@localhost", tokens, config.server_host,
+            feedback_sender_id=config.feedback_sender_id,
+        ),
         jobs_recv,
         outcomes_send,
         metrics,
@@ -294,15 +363,26 @@ def _assemble(
         backlog=backlog,
     )
     recorder = Recorder(store, outcomes_recv, handed=handed)
+    pauses = Pauses(store, pool, gate, scheduler)
+    guard = ReputationGuard(
+        store, pauses, metrics,
+        topic=Thresholds(
+            config.reputation_min_sends, config.pause_bounce_rate, config.pause_complaint_rate
+        ),
+        account=Thresholds(
+            config.account_min_sends, config.pause_bounce_rate, config.pause_complaint_rate
+        ),
+        window_h=config.reputation_window_h, interval=config.reputation_check_s,
+    )
     cluster_sync = None
     if store.cluster is not None:
         cluster_sync = ClusterSync(
             store.cluster, lease_s=config.lease_s, gate=gate, pool=pool, scheduler=scheduler,
-            announcements=announce_recv,
+            pauses=pauses, announcements=announce_recv,
         )
     return Service(
         config, store, api_key, transport, metrics, limiter, gate, scheduler, pool, recorder,
-        tokens, cluster_sync,
+        tokens, pauses, guard, cluster_sync,
     )
 
 
@@ -320,11 +400,14 @@ async def _supervise(
         await background.start(svc.store.run_upkeep)
         if svc.cluster_sync is not None:
             await background.start(svc.cluster_sync.run)
+        await svc.pauses.restore()  # before anything is claimed
         async with trio.open_nursery() as pipeline:
             # HTTP binds before the scheduler claims anything: a port in use
             # ends the start before a single row is touched.
             binds = await pipeline.start(_serve_http, svc)
             svc.url = binds[0]
+            svc.base_url = public_base_url(svc.config, svc.url)
+            svc.pool.composer.base_url = svc.base_url
             await pipeline.start(svc.recorder.run)
             await pipeline.start(svc.pool.run)
             await pipeline.start(svc.scheduler.run)
@@ -335,6 +418,15 @@ async def _supervise(
             await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
             if svc.dispatcher is not None:
                 await background.start(svc.dispatcher.run)
+            await background.start(svc.guard.run)
+            if svc.config.sqs_queue_url is not None:
+                intake = SqsIntake(
+                    svc, make_sqs_client(svc.config.aws_region, svc.config.sqs_wait_s),
+                    svc.config.sqs_queue_url, raw_allowed=svc.config.sqs_raw_messages,
+                    wait_s=svc.config.sqs_wait_s,
+                )
+                await background.start(intake.run)
+            await background.start(partial(run_account_watch, svc))
             log.info(
                 "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",
                 svc.url,
@@ -357,6 +449,17 @@ async def _supervise(
             svc.scheduler.stop()
             svc.pool.stop()
         background.cancel_scope.cancel()
+
+
+async def run_account_watch(
+    svc: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Ask the provider for the account's standing every ``ACCOUNT_CHECK_S`` seconds;
+    an SES EnforcementStatus other than HEALTHY is logged when it changes."""
+    task_status.started()
+    while True:
+        await svc.account_state()
+        await trio.sleep(svc.config.account_check_s)
 
 
 async def _serve_http(

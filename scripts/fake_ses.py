@@ -104,6 +104,7 @@ class Settings:
     suspended: bool = False  # sends answered AccountSuspendedException
     max_send_rate: float = 1000.0  # reported by GetAccount
     max_24h: float = 1e6  # reported by GetAccount
+    enforcement_status: str | None = None  # GetAccount's EnforcementStatus (None: derived)
 
     def __post_init__(self) -> None:
         addresses = frozenset(a.lower() for a in self.reject_addresses)
@@ -389,7 +390,8 @@ class FakeSES:
         return {"SendQuota": {"Max24HourSend": s.max_24h, "MaxSendRate": s.max_send_rate,
                               "SentLast24Hours": float(sent)},
                 "SendingEnabled": not (s.paused or s.suspended),
-                "EnforcementStatus": "SHUTDOWN" if s.suspended else "HEALTHY",
+                "EnforcementStatus": s.enforcement_status
+                or ("SHUTDOWN" if s.suspended else "HEALTHY"),
                 "ProductionAccessEnabled": True, "DedicatedIpAutoWarmupEnabled": False}
 
     def _control(self, method: str, path: str, query: str, body: bytes) -> _Reply:

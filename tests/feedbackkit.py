@@ -50,11 +50,12 @@ class Sent:
 
 
 class Progress:
-    """Wakes waiters whenever the scheduler claimed or the recorder wrote outcomes."""
+    """Wakes waiters whenever the scheduler claimed, the recorder wrote outcomes or
+    feedback was stored."""
 
     def __init__(self, svc: Service) -> None:
         self._changed = trio.Event()
-        for name in ("claim_due", "record_outcomes"):
+        for name in ("claim_due", "record_outcomes", "record_feedback"):
             setattr(svc.store, name, self._wrap(getattr(svc.store, name)))
 
     def _wrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

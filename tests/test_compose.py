@@ -82,6 +82,7 @@ def test_every_email_carries_its_own_signed_links_and_one_click_headers() -> Non
     assert email.subject == "Hi Ann"
     assert dict(email.headers) == {
         "X-Request-ID": "7",
+        "Feedback-ID": "t:1:mailpipe:example.com",
         "List-Unsubscribe": f"<{unsubscribe}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
@@ -105,7 +106,9 @@ def test_content_is_prepared_once_and_tracking_follows_its_switches() -> None:
 
 def test_without_tokens_nothing_is_tracked() -> None:
     email = Composer("s@example.com").compose(job(Content(3, "s", "<p>x</p>")))
-    assert (email.html, email.text, email.headers) == ("<p>x</p>", "x\n", (("X-Request-ID", "7"),))
+    assert (email.html, email.text, email.headers) == (
+        "<p>x</p>", "x\n", (("X-Request-ID", "7"), ("Feedback-ID", "t:3:mailpipe:example.com"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,3 +146,26 @@ def test_a_unicode_domain_stored_earlier_is_sent_as_punycode() -> None:
     # The link still names the address as stored, which unsubscribing checks.
     assert TOKENS.unsubscribe_url(BASE, 9, "ann@bücher.de") in dict(email.headers)[
         "List-Unsubscribe"]
+
+
+@pytest.mark.parametrize(
+    ("topic", "sender_id", "header"),
+    [
+        ("spring-sale", "example.com", "spring-sale:1:mailpipe:example.com"),
+        ("a:b c\r\nd", "ex:ample.com", "abcd:1:mailpipe:example.com"),  # colons, spaces, CR/LF
+        (None, "example.com", "none:1:mailpipe:example.com"),
+        ("x" * 100, "y" * 100, f"{'x' * 40}:1:mailpipe:{'y' * 40}"),  # length bounded
+        ("ünï", "example.com", "n:1:mailpipe:example.com"),  # ASCII only
+        ("ü", "example.com", "none:1:mailpipe:example.com"),
+    ],
+)
+def test_the_feedback_id_header(topic: str | None, sender_id: str, header: str) -> None:
+    composer = Composer("News <news@example.com>", feedback_sender_id=sender_id)
+    email = composer.compose(Job(7, topic, "ann@example.com", Content(1, "s", "<p>x</p>")))
+    assert dict(email.headers)["Feedback-ID"] == header
+
+
+def test_the_feedback_sender_id_defaults_to_the_sending_domain() -> None:
+    composer = Composer("News <news@mail.example.com>")
+    email = composer.compose(Job(7, "t", "ann@example.com", Content(1, "s", "<p>x</p>")))
+    assert dict(email.headers)["Feedback-ID"] == "t:1:mailpipe:mail.example.com"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from mailpipe.errors import StoreError
 from mailpipe.store.group import GroupCommit
@@ -129,3 +130,37 @@ async def test_a_batch_that_cannot_run_fails_every_write_in_it(tmp_path: Path) -
     # The three shared the batch that could not run: nobody is told "stored".
     assert all(isinstance(o, StoreError) for o in outcomes)
     assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
+
+
+async def test_a_writer_cancelled_while_queued_is_not_committed(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "g.db", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE t (x)")
+    release = trio.Event()
+
+    async def run(fn: Callable[[sqlite3.Connection], bool]) -> bool:
+        await release.wait()  # the first batch holds the lock until told
+        return await trio.to_thread.run_sync(fn, conn)
+
+    group = GroupCommit(run)
+
+    async def write(x: int) -> None:
+        await group.write(lambda c: c.execute("INSERT INTO t VALUES (?)", (x,)).rowcount)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, 1)  # takes the lock, its batch waits in run()
+            await trio.testing.wait_all_tasks_blocked()
+            cancelled = trio.CancelScope()
+
+            async def write_then_give_up() -> None:
+                with cancelled:
+                    await write(3)  # queued behind the first batch
+
+            nursery.start_soon(write_then_give_up)
+            await trio.testing.wait_all_tasks_blocked()
+            cancelled.cancel()  # its caller gives up while it is queued
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(write, 4)  # queued behind the first batch too
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert sorted(x for (x,) in conn.execute("SELECT x FROM t")) == [1, 4]

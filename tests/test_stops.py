@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
+from mailpipe.addresses import address_key
 from mailpipe.pipeline.stops import RecentSuppressions, TopicStops
 
 
@@ -18,12 +17,11 @@ def test_a_topic_stop_covers_ids_up_to_its_mark() -> None:
 def test_suppressed_addresses_compare_as_the_store_compares_them() -> None:
     recent = RecentSuppressions()
     recent.add([(" Ann@Example.COM ", "bounce"), ("ann@example.com", "complaint")])
-    db = sqlite3.connect(":memory:")
-    for address in ("ann@example.com", "ANN@EXAMPLE.COM", " ann@example.com", "Éva@example.com"):
-        (stored,) = db.execute("SELECT lower(trim(?))", (address,)).fetchone()
-        assert recent.reason(address) == ("bounce" if stored == "ann@example.com" else None)
-    recent.add([("éva@example.com", "unsubscribe")])
-    assert recent.reason("Éva@example.com") is None  # SQLite folds ASCII letters only
+    for address in ("ann@example.com", "ANN@EXAMPLE.COM", " ann@example.com", "bob@example.com"):
+        expected = "bounce" if address_key(address) == "ann@example.com" else None
+        assert recent.reason(address) == expected
+    recent.add([("éva@bücher.de", "unsubscribe")])
+    assert recent.reason("Éva@BÜCHER.de") == "unsubscribe"  # Unicode folded too, as the key
     recent.discard("ANN@example.com")
     assert recent.reason("ann@example.com") is None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -21,12 +21,13 @@ from test_store import bounce
 from mailpipe.compose import Composer
 from mailpipe.errors import LeaseLost, StoreError
 from mailpipe.http.api import topic_stats_json
-from mailpipe.model import IdempotencyKey, Outcome, Recovery
+from mailpipe.model import Figures, IdempotencyKey, Outcome, Pause, Recovery
 from mailpipe.pipeline.cluster import ClusterSync
 from mailpipe.pipeline.jobs import Handed, Job
 from mailpipe.pipeline.limiter import RateLimiter
 from mailpipe.pipeline.metrics import Metrics
-from mailpipe.pipeline.pause import Announcement, PauseGate
+from mailpipe.pipeline.pause import REPUTATION, Announcement, PauseGate
+from mailpipe.pipeline.pauses import Pauses
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import SenderPool
 from mailpipe.status import Status
@@ -342,9 +343,10 @@ def cluster_sync(store: Store) -> ClusterSync:
         MockTransport(), RateLimiter(10), Composer("s@x.com"), jobs_recv, outcomes_send,
         Metrics(), max_concurrent=1, handed=Handed(), gate=gate,
     )
+    scheduler = Scheduler(store, jobs_send, gate=gate)
     return ClusterSync(
-        cluster_of(store), lease_s=LEASE_S, gate=gate, pool=pool,
-        scheduler=Scheduler(store, jobs_send, gate=gate), announcements=announce_recv,
+        cluster_of(store), lease_s=LEASE_S, gate=gate, pool=pool, scheduler=scheduler,
+        pauses=Pauses(store, pool, gate, scheduler), announcements=announce_recv,
     )
 
 
@@ -400,3 +402,30 @@ async def test_a_newer_database_is_refused(pg_url: str) -> None:
                 pytest.fail("opened")
     finally:
         pgkit.execute(pg_url, "DELETE FROM schema_version WHERE version > %s", (max(MIGRATIONS),))
+
+
+async def test_topic_and_account_pauses_reach_the_other_instances(pg_url: str) -> None:
+    """A pause stored by one instance is applied by another's cluster actor (its
+    claimed rows held back, or all its sending held), and so is the resume."""
+    async with two_instances(pg_url) as (a, b):
+        sync = cluster_sync(b)
+        pool, gate = sync._pool, sync._gate
+        figures = Figures(200, 20, 0)
+
+        async def until(check: Callable[[], bool]) -> None:
+            with trio.fail_after(10):
+                while not check():
+                    await trio.sleep(0.02)  # the event comes by LISTEN, within a second
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sync.run)
+            assert await a.pause_topic("t", Pause("bounces", "auto", utcnow(), figures))
+            await until(lambda: pool.topic_pauses.paused("t"))
+            assert await a.resume_topic("t")
+            await until(lambda: not pool.topic_pauses.paused("t"))
+            assert await a.pause_account(Pause("account bounces", "auto", utcnow(), figures))
+            await until(lambda: gate.paused_for(REPUTATION))
+            assert gate.reason == "account bounces"
+            assert await a.resume_account()
+            await until(lambda: not gate.paused)
+            nursery.cancel_scope.cancel()

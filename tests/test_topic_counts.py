@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from procs import ServiceProcess, killed_mid_send, wait_until
 
 from mailpipe.feedback.ses_events import SesEvent
-from mailpipe.model import NewMessage, Outcome
+from mailpipe.model import Figures, NewMessage, Outcome, Pause
 from mailpipe.status import Status
-from mailpipe.store import Store, open_store
+from mailpipe.store import Store, guard_sql, open_store
 from mailpipe.store import postgres as pg_store
 from mailpipe.store import sqlite as sqlite_store
 from mailpipe.store.pg_counts import fold_count_deltas
@@ -374,3 +374,35 @@ def seed_rows(execute: Callable[..., Any], p: str) -> None:
                           (None, "Bounce")):
         execute(f"INSERT INTO email_results (request_id, status) VALUES ({p}, {p})",
                 (request, kind))
+
+
+async def test_while_a_topic_is_paused_claims_still_walk_the_pending_index(
+    where: str | Path,
+) -> None:
+    """The paused twins of the claim and next-due queries use the pending index too."""
+    now = utcnow()
+    async with open_store(where) as store:
+        await store.insert_messages(backlog_messages(now, 20_000), now)
+        await store.pause_topic("nobody", Pause("by hand", "user", now, Figures()))
+    if isinstance(where, Path):
+        conn = sqlite3.connect(where)
+        conn.execute("ANALYZE")
+        for sql, params in [
+            (sqlite_store._CLAIM_PAUSED + "NULL", (to_db(now), 500)),
+            (sqlite_store._ANY_DUE_PAUSED, (to_db(now),)),
+            (guard_sql.NEXT_SCHEDULED_PAUSED, ()),
+        ]:
+            plan = " / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            assert "USING INDEX idx_email_requests_pending_due" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+        conn.close()
+        return
+    pgkit.execute(where, "ANALYZE")
+    with psycopg.connect(where) as pg:
+        for sql, params in [
+            (pg_store._CLAIM_PAUSED, {"me": "x", "now": now, "n": 500}),
+            (guard_sql.NEXT_SCHEDULED_PAUSED, None),
+        ]:
+            plan = "\n".join(r[0] for r in pg.execute(("EXPLAIN " + sql).encode(), params))
+            assert "idx_email_requests_pending" in plan, plan
+            assert "Seq Scan on email_requests" not in plan, plan

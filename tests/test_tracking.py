@@ -7,6 +7,7 @@ from the running service with a client that has no API key and no cookies.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -369,3 +370,17 @@ async def test_results_for_unknown_requests_are_not_stored(tmp_path: Path) -> No
             assert (suppression.reason, suppression.request_id) == ("unsubscribe", 1)
             stats = topic_stats_json(await store.topic_stats("t"))
     assert stats["result"] == {"statuses": {"Unsubscribe": 1}}
+
+
+async def test_links_use_the_bound_port_when_server_port_is_0(tmp_path: Path) -> None:
+    from feedbackkit import feedback_service
+
+    with trio.fail_after(20):
+        async with feedback_service(tmp_path) as h:
+            assert h.svc.config.server_port == 0 and "SERVER_HOST" not in os.environ
+            await h.send("links", ["ann@example.com"])
+            (eml,) = h.outbox()
+            port = h.svc.url.rsplit(":", 1)[1]
+            text = eml.read_text()
+            assert f"http://localhost:{port}/v1/unsubscribe" in text
+            assert "localhost:0" not in text

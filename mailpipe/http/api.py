@@ -17,6 +17,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from mailpipe.content.templates import probe_links
 from mailpipe.errors import ApiError
 from mailpipe.http.app import pipeline, require_key
+from mailpipe.http.reputation import topic_guard_json
 from mailpipe.ingest import Limits, parse_send_request
 from mailpipe.memory import trim
 from mailpipe.model import IdempotencyKey
@@ -58,7 +59,7 @@ async def post_messages() -> Response | dict[str, Any]:
         if earlier is not None:
             return _replay(earlier)
     limits = Limits(max_recipients=svc.config.max_recipients_per_request)
-    links = probe_links(svc.tokens, svc.config.server_host)
+    links = probe_links(svc.tokens, svc.base_url)
     cancelled = threading.Event()
     validate = partial(
         parse_send_request, body, limits, svc.addresses, cancelled=cancelled, links=links
@@ -125,8 +126,12 @@ def _replay(answer: dict[str, Any]) -> Response:
 @bp.get("/v1/topics/<topic_id>")
 @require_key
 async def topic_stats(topic_id: str) -> dict[str, Any]:
-    """Counts of the topic's requests per status and results per event type."""
-    return topic_stats_json(await pipeline().store.topic_stats(topic_id))
+    """Counts of the topic's requests per status and results per event type, its
+    reputation over the window, and its pause (or null)."""
+    svc = pipeline()
+    guard = await topic_guard_json(svc, topic_id)
+    # The counts last: the freshest part of the answer.
+    return {**topic_stats_json(await svc.store.topic_stats(topic_id)), **guard}
 
 
 def topic_stats_json(stats: TopicStats) -> dict[str, Any]:

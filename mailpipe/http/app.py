@@ -100,7 +100,7 @@ def require_key(handler: F) -> F:
 
 def create_app(svc: Pipeline) -> QuartTrio:
     """The app serving ``svc``'s API."""
-    from mailpipe.http import api, docs, events, probes, suppressions, webhooks
+    from mailpipe.http import api, docs, events, probes, reputation, suppressions, webhooks
 
     app = QuartTrio("mailpipe")
     app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
@@ -112,6 +112,7 @@ def create_app(svc: Pipeline) -> QuartTrio:
     app.register_blueprint(api.bp)
     app.register_blueprint(probes.bp)
     app.register_blueprint(suppressions.bp)
+    app.register_blueprint(reputation.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(webhooks.bp)

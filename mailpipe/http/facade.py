@@ -18,8 +18,9 @@ from mailpipe.addresses import AddressValidator
 from mailpipe.config import Config
 from mailpipe.content.tokens import Tokens
 from mailpipe.feedback.sns import SnsVerifier
-from mailpipe.model import IdempotencyKey, InsertResult, NewMessage
+from mailpipe.model import Figures, IdempotencyKey, InsertResult, NewMessage
 from mailpipe.store.base import Store
+from mailpipe.transport import AccountState
 
 
 class Pipeline(Protocol):
@@ -31,6 +32,8 @@ class Pipeline(Protocol):
     """For reads, and for writes that no actor holds state about."""
     tokens: Tokens
     """Signs and checks the open, click and unsubscribe links."""
+    base_url: str
+    """Where links in emails point (``SERVER_HOST`` or this instance as bound)."""
     sns_verifier: SnsVerifier
 
     @property
@@ -50,6 +53,23 @@ class Pipeline(Protocol):
 
     def webhooks_due(self) -> None:
         """A webhook delivery was made due now (a retry by hand): deliver it soon."""
+    async def pause_topic(self, topic_id: str, reason: str) -> bool | None:
+        """Pause the topic by hand; None when it has no requests, False when paused already."""
+
+    async def resume_topic(self, topic_id: str) -> bool | None:
+        """Resume the topic; None when it has no requests, False when it was not paused."""
+
+    async def resume_account(self) -> bool:
+        """Lift the account's pause; False when there was none."""
+
+    async def reputation(self, topic_id: str | None) -> Figures:
+        """The topic's (None: the account's) figures over the reputation window."""
+
+    async def account_state(self) -> AccountState:
+        """What the provider says of the account now."""
+
+    def bad_feedback(self, request_ids: Iterable[int]) -> None:
+        """A permanent bounce or a complaint about these requests was stored."""
 
     def suppressed(self, entries: Iterable[tuple[str, str]]) -> None:
         """(address, reason) pairs the store just suppressed: withhold claimed rows too."""

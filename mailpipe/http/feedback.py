@@ -34,8 +34,10 @@ from mailpipe.feedback import (
     parse_ses_event,
     parse_sns,
 )
+from mailpipe.feedback.ses_events import SesEvent
 from mailpipe.feedback.sns import MAX_BODY_BYTES, NOTIFICATION, SUBSCRIPTION_CONFIRMATION
 from mailpipe.http.app import error_response
+from mailpipe.model import FeedbackOutcome
 from mailpipe.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -135,12 +137,10 @@ async def _notification(svc: Pipeline, msg: SnsMessage) -> dict[str, Any]:
         )
         return {"status": "ignored"}
     try:
-        outcome = await svc.store.record_feedback(msg["MessageId"], event, utcnow())
+        outcome = await record_event(svc, msg["MessageId"], event)
     except StoreError as exc:
         log.error("SNS notification %s not stored (SNS will retry): %s", msg["MessageId"], exc)
         raise ApiError(503, "notification not stored; retry later") from None
-    # Rows already claimed for these addresses are stopped before they are handed.
-    svc.suppressed(outcome.suppressions)
     if outcome.duplicate:
         log.info("SNS notification %s was already stored", msg["MessageId"])
         return {"status": "duplicate"}
@@ -165,6 +165,19 @@ async def _notification(svc: Pipeline, msg: SnsMessage) -> dict[str, Any]:
         "matched": outcome.matched,
         "suppressed": outcome.suppressed,
     }
+
+
+async def record_event(svc: Pipeline, message_id: str, event: SesEvent) -> FeedbackOutcome:
+    """Store one SES record once per ``message_id`` and act on it, however it came
+    (SNS over HTTP, or SQS): claimed rows to suppressed addresses are withheld, and
+    a permanent bounce or a complaint has the reputation guard check its topic.
+    Raises :class:`~mailpipe.errors.StoreError` when nothing could be stored."""
+    outcome = await svc.store.record_feedback(message_id, event, utcnow())
+    # Rows already claimed for these addresses are stopped before they are handed.
+    svc.suppressed(outcome.suppressions)
+    if not outcome.duplicate and (event.permanent_bounce or event.complaint):
+        svc.bad_feedback(outcome.request_ids)
+    return outcome
 
 
 async def _confirm_subscription(svc: Pipeline, msg: SnsMessage) -> dict[str, Any]:

@@ -198,6 +198,61 @@ SCHEMAS: Final[Json] = {
             },
         ),
     ),
+    "Figures": _obj(
+        ["sends", "bounces", "complaints", "bounceRate", "complaintRate"],
+        sends=_int(description="Requests sent in the window"),
+        bounces=_int(description="Requests with a permanent bounce in the window"),
+        complaints=_int(description="Requests with a complaint in the window"),
+        bounceRate={"type": "number", "minimum": 0},
+        complaintRate={"type": "number", "minimum": 0},
+    ),
+    "Reputation": {
+        "allOf": [
+            _ref("Figures"),
+            _obj(["windowHours"], windowHours={"type": "number", "exclusiveMinimum": 0}),
+        ]
+    },
+    "Pause": {
+        "type": ["object", "null"],
+        "description": "Why, by whom and when sending was paused, and the figures then; null "
+        "when not paused",
+        "allOf": [
+            _ref("Figures"),
+            _obj(
+                ["reason", "by", "at"],
+                reason={"type": "string"},
+                by={"type": "string", "enum": ["auto", "user"]},
+                at={"type": "string", "format": "date-time"},
+            ),
+        ],
+    },
+    "Topic": {
+        "allOf": [
+            _ref("TopicStats"),
+            _obj(["reputation", "paused"], reputation=_ref("Reputation"),
+                 paused={"anyOf": [{"type": "null"}, _ref("Pause")]}),
+        ]
+    },
+    "Account": _obj(
+        ["quota", "enforcementStatus", "sendingEnabled", "paused", "reputation", "rate"],
+        quota={
+            "anyOf": [
+                {"type": "null"},
+                _obj(
+                    ["max24HourSend", "maxSendRate", "sentLast24Hours"],
+                    max24HourSend={"type": ["number", "null"]},
+                    maxSendRate={"type": ["number", "null"]},
+                    sentLast24Hours={"type": ["number", "null"]},
+                ),
+            ]
+        },
+        enforcementStatus={"type": ["string", "null"]},
+        sendingEnabled={"type": ["boolean", "null"]},
+        error={"type": ["string", "null"], "description": "Why GetAccount did not answer"},
+        paused={"anyOf": [{"type": "null"}, _ref("Pause")]},
+        reputation=_ref("Reputation"),
+        rate={"type": "number", "description": "EMAIL_RATE"},
+    ),
     "Stopped": _obj(["stopped"], stopped=_int(description="Requests moved to status 4")),
     "SentCount": _obj(
         ["count", "hours", "since"],
@@ -252,7 +307,7 @@ SCHEMAS: Final[Json] = {
     "Status": _obj(["status"], status={"type": "string"}),
     "NotReady": _obj(
         ["status", "error"],
-        status={"type": "string", "enum": ["unavailable", "paused", "stopping"]},
+        status={"type": "string", "enum": ["unavailable", "paused", "enforcement", "stopping"]},
         error={"type": "string"},
     ),
 }
@@ -311,7 +366,7 @@ TOPIC: Final[Json] = {
         "description": "Requests per status (every status, `processing` included) and "
         "distinct requests per feedback event type.",
         "security": KEYED,
-        "responses": {"200": _json("Counts", _ref("TopicStats")), "401": UNAUTHORIZED},
+        "responses": {"200": _json("Counts", _ref("Topic")), "401": UNAUTHORIZED},
     },
     "delete": {
         "summary": "Stop a topic",
@@ -320,6 +375,50 @@ TOPIC: Final[Json] = {
         "security": KEYED,
         "responses": {"200": _json("How many were stopped", _ref("Stopped")), "401": UNAUTHORIZED},
     },
+}
+
+def _topic_action(summary: str, description: str) -> Json:
+    body = {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"reason": {"type": "string", "minLength": 1,
+                                                    "maxLength": 500}}}}}}
+    return {
+        "parameters": [TOPIC_ID],
+        "post": {
+            "summary": summary,
+            "description": description,
+            "security": KEYED,
+            **({"requestBody": body} if "pause" in summary.lower() else {}),
+            "responses": {
+                "200": _json("The topic", _ref("Topic")),
+                "400": _error("Body not a JSON object with a valid `reason`"),
+                "401": UNAUTHORIZED,
+                "404": _error("The topic has no requests"),
+            },
+        },
+    }
+
+
+TOPIC_PAUSE: Final = _topic_action(
+    "Pause a topic",
+    "Its pending requests stay pending and claimed ones go back to the queue, until resumed.",
+)
+TOPIC_RESUME: Final = _topic_action("Resume a topic", "Its pending requests are sent again.")
+ACCOUNT: Final[Json] = {
+    "get": {
+        "summary": "The account",
+        "description": "SES quota and standing (GetAccount), the stored pause, and the "
+        "reputation window's figures.",
+        "security": KEYED,
+        "responses": {"200": _json("The account", _ref("Account")), "401": UNAUTHORIZED},
+    }
+}
+ACCOUNT_RESUME: Final[Json] = {
+    "post": {
+        "summary": "Resume the account",
+        "description": "Lifts the reputation guard's account pause.",
+        "security": KEYED,
+        "responses": {"200": _json("The account", _ref("Account")), "401": UNAUTHORIZED},
+    }
 }
 
 SENT_COUNT: Final[Json] = {
@@ -504,7 +603,8 @@ PROBES: Final[Json] = {
     "/ready": {
         "get": {
             "summary": "Readiness",
-            "description": "200 when the store answers and sending is not paused.",
+            "description": "200 when the store answers, sending is not paused (by SES, the "
+            "reputation guard or the database) and SES reports EnforcementStatus HEALTHY.",
             "responses": {
                 "200": _json("Ready", _ref("Status")),
                 "503": _json("Not ready, and why", _ref("NotReady")),
@@ -557,6 +657,10 @@ _DOCUMENT: Final[Json] = {
     "paths": {
         "/v1/messages": MESSAGES,
         "/v1/topics/{topicId}": TOPIC,
+        "/v1/topics/{topicId}/pause": TOPIC_PAUSE,
+        "/v1/topics/{topicId}/resume": TOPIC_RESUME,
+        "/v1/account": ACCOUNT,
+        "/v1/account/resume": ACCOUNT_RESUME,
         "/v1/events/counts/sent": SENT_COUNT,
         "/v1/events/results": SNS_RESULTS,
         "/v1/events/open": OPEN_PIXEL,

@@ -2,8 +2,9 @@
 
 Every second it renews this instance's heartbeat (its lease on the rows it
 claimed) and takes back the rows of instances whose lease lapsed. Between
-heartbeats it applies the events other instances publish (a topic stopped, an
-address suppressed or lifted, the SES account paused or resumed) to what this
+heartbeats it applies the events other instances publish (a topic stopped,
+paused or resumed, an address suppressed or lifted, the SES account paused or
+resumed) to what this
 instance holds, woken by ``LISTEN`` or, failing that, by polling.
 
 An instance that cannot renew its heartbeat for half a lease stops starting
@@ -20,7 +21,8 @@ from typing import Final
 import trio
 
 from mailpipe.errors import LeaseLost, StoreError
-from mailpipe.pipeline.pause import DATABASE, Announcement, PauseGate
+from mailpipe.pipeline.pause import DATABASE, REPUTATION, Announcement, PauseGate
+from mailpipe.pipeline.pauses import Pauses
 from mailpipe.pipeline.scheduler import Scheduler
 from mailpipe.pipeline.sender import SenderPool
 from mailpipe.store.base import Cluster, ClusterEvent
@@ -46,6 +48,7 @@ class ClusterSync:
         gate: PauseGate,
         pool: SenderPool,
         scheduler: Scheduler,
+        pauses: Pauses,
         announcements: trio.MemoryReceiveChannel[Announcement],
     ) -> None:
         self._cluster = cluster
@@ -53,6 +56,7 @@ class ClusterSync:
         self._gate = gate
         self._pool = pool
         self._scheduler = scheduler
+        self._pauses = pauses
         self._announcements = announcements
         self._last_beat = trio.current_time()
 
@@ -137,6 +141,14 @@ class ClusterSync:
         elif event.kind == "resume":
             self._gate.resume(announce=False)
             self._scheduler.nudge()
+        elif event.kind == "topic_pause":
+            self._pool.topic_pauses.pause(str(payload["topic"]))
+        elif event.kind == "topic_resume":
+            self._pauses.topic_resumed(str(payload["topic"]))
+        elif event.kind == "account_pause":
+            self._gate.pause(str(payload["reason"]), cause=REPUTATION, announce=False)
+        elif event.kind == "account_resume":
+            self._pauses.account_resumed()
 
     async def _announce(self) -> None:
         async for kind, payload in self._announcements:

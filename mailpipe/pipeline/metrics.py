@@ -11,6 +11,7 @@ import logging
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
+from mailpipe.model import Figures
 from mailpipe.pipeline.jobs import Backlog
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,30 @@ class Metrics:
             "Age of the oldest webhook delivery not yet delivered (0: none)",
             registry=r,
         )
+        self.reputation_sends = Gauge(
+            "mailpipe_reputation_sends", "Sends in the reputation window (account)", registry=r
+        )
+        self.reputation_bounces = Gauge(
+            "mailpipe_reputation_bounces", "Permanent bounces in the window (account)", registry=r
+        )
+        self.reputation_complaints = Gauge(
+            "mailpipe_reputation_complaints", "Complaints in the window (account)", registry=r
+        )
+        self.bounce_rate = Gauge(
+            "mailpipe_reputation_bounce_rate", "Bounce rate in the window (account)", registry=r
+        )
+        self.complaint_rate = Gauge(
+            "mailpipe_reputation_complaint_rate", "Complaint rate in the window (account)",
+            registry=r,
+        )
+
+    def reputation(self, figures: Figures) -> None:
+        """Show the account's figures over the reputation window."""
+        self.reputation_sends.set(figures.sends)
+        self.reputation_bounces.set(figures.bounces)
+        self.reputation_complaints.set(figures.complaints)
+        self.bounce_rate.set(figures.bounce_rate)
+        self.complaint_rate.set(figures.complaint_rate)
 
     def identify(self, instance: str, store: str) -> None:
         """Name this process in ``mailpipe_instance_info`` (one series per instance)."""

@@ -1,8 +1,9 @@
 """The pause gate: closed while sending must be held, for one or more causes.
 
 Causes are independent: the SES account (``account``: paused, suspended, out
-of quota) and this instance's hold on the database (``database``: its lease
-may be lapsing). Sending resumes when no cause is left. An account pause is
+of quota), the reputation guard's stored account pause (``reputation``, see
+:mod:`mailpipe.pipeline.pauses`) and this instance's hold on the database
+(``database``: its lease may be lapsing). Sending resumes when no cause is left. An account pause is
 announced to the other instances on the same database (see
 :mod:`mailpipe.pipeline.cluster`) through ``announce``, a channel the gate's owner reads.
 """
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 ACCOUNT: Final = "account"
 DATABASE: Final = "database"
+REPUTATION: Final = "reputation"
 Announcement = tuple[str, dict[str, Any]]
 """(event kind, payload): ``("pause", {"reason": …})`` or ``("resume", {})``."""
 

@@ -38,7 +38,7 @@ from mailpipe.pipeline.jobs import Backlog, Handed, Job
 from mailpipe.pipeline.limiter import Limiter
 from mailpipe.pipeline.metrics import Metrics
 from mailpipe.pipeline.pause import PauseGate
-from mailpipe.pipeline.stops import RecentSuppressions, TopicStops
+from mailpipe.pipeline.stops import RecentSuppressions, TopicPauses, TopicStops
 from mailpipe.status import Status
 from mailpipe.transport import Email, Release, SendResult, Transport
 
@@ -126,7 +126,7 @@ class SenderPool:
     ) -> None:
         self._transport = transport
         self._limiter = limiter
-        self._composer = composer
+        self.composer = composer
         self._jobs = jobs
         self._outcomes = outcomes
         self._metrics = metrics
@@ -143,6 +143,7 @@ class SenderPool:
         self.max_batch = batch_size(transport.max_batch, limiter.target)
         self._handed = handed
         self.stops = TopicStops()
+        self.topic_pauses = TopicPauses()
         self.suppressed = RecentSuppressions()
         self.gate = gate or PauseGate()
         self.in_flight = 0
@@ -273,15 +274,18 @@ class SenderPool:
         return None if reason is None else f"suppressed: {reason}"
 
     def _split(self, batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
-        """The jobs that may be sent now, and STOPPED outcomes for the others."""
+        """The jobs that may be sent now; STOPPED outcomes for the stopped and
+        suppressed, CREATED ones (back to the queue, resumable) for paused topics."""
         live: list[Job] = []
         dead: list[Outcome] = []
         for job in batch:
             why = self._withheld(job)
-            if why is None:
-                live.append(job)
-            else:
+            if why is not None:
                 dead.append(Outcome(job.request_id, Status.STOPPED, error=why))
+            elif self.topic_pauses.paused(job.topic_id):
+                dead.append(Outcome(job.request_id, Status.CREATED, attempts=job.attempt))
+            else:
+                live.append(job)
         return live, dead
 
     async def _live(self, batch: list[Job]) -> list[Job]:
@@ -320,7 +324,7 @@ class SenderPool:
         composed: list[Email | SendResult] = []
         for job in batch:
             try:
-                composed.append(self._composer.compose(job))
+                composed.append(self.composer.compose(job))
             except (ValueError, SendError) as exc:
                 error = (
                     exc

@@ -1,19 +1,19 @@
 """What the sender checks just before handing a request to SES.
 
-Topics stopped by ``DELETE /v1/topics/{id}``, and addresses suppressed while
-the process runs: both can come after a request was claimed.
+Topics stopped by ``DELETE /v1/topics/{id}``, topics paused (by the reputation
+guard or by hand), and addresses suppressed while the process runs: all can
+come after a request was claimed.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable
 
+from mailpipe.addresses import address_key
 from mailpipe.lru import BoundedCache
 
 MAX_TOPICS = 100_000
 MAX_ADDRESSES = 100_000
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 class TopicStops:
@@ -39,13 +39,36 @@ class TopicStops:
         return upto is not None and request_id <= upto
 
 
+class TopicPauses:
+    """The paused topics: their claimed requests go back to the queue, unsent.
+
+    The store keeps the pauses (its claims pass paused topics by); this holds
+    them for the requests claimed before the pause came.
+    """
+
+    def __init__(self) -> None:
+        self._topics: BoundedCache[str, bool] = BoundedCache(MAX_TOPICS)
+
+    def pause(self, topic_id: str) -> None:
+        """Hold back the topic's claimed requests from now on."""
+        self._topics.put(topic_id, True)
+
+    def resume(self, topic_id: str) -> None:
+        """Send the topic's requests again."""
+        self._topics.pop(topic_id)
+
+    def paused(self, topic_id: str | None) -> bool:
+        """Whether the topic is paused."""
+        return topic_id is not None and self._topics.get(topic_id) is not None
+
+
 class RecentSuppressions:
     """Addresses suppressed (bounce, complaint, unsubscribe) since the process started.
 
     The store stops a suppressed address when it claims the row; this covers
     rows claimed before the suppression came, waiting for a permit or a retry.
-    Addresses compare as the store compares them (``lower(trim(address))``:
-    spaces trimmed, ASCII letters folded). Past ``MAX_ADDRESSES`` the oldest are
+    Addresses compare as the store compares them
+    (:func:`~mailpipe.addresses.address_key`). Past ``MAX_ADDRESSES`` the oldest are
     forgotten: by then their rows were claimed after the suppression.
     """
 
@@ -71,4 +94,4 @@ class RecentSuppressions:
 
 
 def _key(address: str) -> str:
-    return address.strip(" ").translate(_ASCII_LOWER)
+    return address_key(address)

@@ -24,10 +24,12 @@ from mailpipe.model import (
     Claimed,
     Content,
     FeedbackOutcome,
+    Figures,
     IdempotencyKey,
     InsertResult,
     NewMessage,
     Outcome,
+    Pause,
     Recovery,
     Suppression,
 )
@@ -57,7 +59,10 @@ class ClusterEvent:
     - ``stop``: ``{"topic": str, "upto": int}`` (``DELETE /v1/topics``);
     - ``suppress``: ``{"entries": [[address, reason], ...]}``;
     - ``lift``: ``{"address": str}`` (a suppression was deleted);
-    - ``pause``: ``{"reason": str}`` and ``resume``: ``{}`` (the SES account).
+    - ``pause``: ``{"reason": str}`` and ``resume``: ``{}`` (the SES account);
+    - ``topic_pause`` / ``topic_resume``: ``{"topic": str}`` (a stored topic pause);
+    - ``account_pause``: ``{"reason": str}`` / ``account_resume``: ``{}`` (the
+      reputation guard's stored account pause).
     """
 
     id: int
@@ -192,6 +197,40 @@ class Store(Protocol):
 
     async def count_sent_since(self, since: datetime) -> int:
         """How many requests reached SENT at or after ``since``."""
+
+    # -- reputation and pauses ---------------------------------------------
+
+    async def reputation(self, topic_id: str | None, since: datetime) -> Figures:
+        """Sends (requests that reached SENT), permanent bounces and complaints
+        (distinct requests with such a result) at or after ``since``, of the topic,
+        or of the account when ``topic_id`` is None (indexed, bounded by the window)."""
+
+    async def topics_of(self, request_ids: Sequence[int]) -> list[str]:
+        """The distinct topics of these requests."""
+
+    async def pause_topic(self, topic_id: str, pause: Pause) -> bool:
+        """Store the topic's pause in one transaction (from then on its CREATED rows
+        are not claimed; other instances learn of it through a ``topic_pause``
+        event); False when it was paused already (the first pause is kept)."""
+
+    async def resume_topic(self, topic_id: str) -> bool:
+        """Forget the topic's pause (``topic_resume`` event); False when it had none."""
+
+    async def topic_pause(self, topic_id: str) -> Pause | None:
+        """The topic's stored pause, or None."""
+
+    async def paused_topics(self) -> list[str]:
+        """Every paused topic (to withhold their claimed rows after a restart)."""
+
+    async def pause_account(self, pause: Pause) -> bool:
+        """Store the account's pause in one transaction (``account_pause`` event);
+        False when it was paused already."""
+
+    async def resume_account(self) -> bool:
+        """Forget the account's pause (``account_resume`` event); False when it had none."""
+
+    async def account_pause(self) -> Pause | None:
+        """The account's stored pause, or None."""
 
     # -- feedback, tracking, suppressions ----------------------------------
 

@@ -1,8 +1,10 @@
 """SQL for SES feedback and the suppression list (used through :class:`mailpipe.store.Store`).
 
 Each function takes the connection it runs on and is called in a worker thread.
-Addresses on the suppression list are fully lower-cased (SQLite ``lower()``, so
-the list and the ``claim_due`` lookup agree on what "the same address" is):
+Addresses on the suppression list are stored by
+:func:`~mailpipe.addresses.address_key` (for the ASCII addresses requests hold,
+what SQL's ``lower()`` gives, so the list and the ``claim_due`` lookup agree
+on what "the same address" is):
 SES, Gmail, Outlook and practically every mailbox provider treat the local part
 case-insensitively, and wrongly not sending to ``Bob@x`` after ``bob@x``
 complained is much cheaper than sending to a complainer again.
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from mailpipe.addresses import address_key
 from mailpipe.model import SUPPRESSION_REASONS, FeedbackOutcome, Suppression
 from mailpipe.store.webhooks import SQLITE, enqueue_request_events
 from mailpipe.timeutil import from_db, to_db
@@ -129,6 +132,7 @@ def feedback_outcome(
         matched=sum(rid is not None for rid, _ in rows),
         suppressed=added,
         suppressions=tuple((rcpt, reason) for _, rcpt, reason in wanted),
+        request_ids=tuple(rid for rid, _ in rows if rid is not None),
     )
 
 
@@ -176,7 +180,7 @@ def _by_message_id(candidates: list[tuple[int, str]], rcpt: str | None) -> int |
 
 
 def _same(a: str, b: str) -> bool:
-    return a.strip().lower() == b.strip().lower()
+    return address_key(a) == address_key(b)
 
 
 def result_rows(matches: list[Match]) -> list[Match]:
@@ -205,8 +209,8 @@ def add_suppression(
     return (
         conn.execute(
             "INSERT INTO suppressions (address, reason, source, request_id, created_at)"
-            " VALUES (lower(trim(?)), ?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
-            (address, reason, source, request_id, to_db(now)),
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
+            (address_key(address), reason, source, request_id, to_db(now)),
         ).rowcount
         == 1
     )
@@ -232,8 +236,8 @@ def suppression_of_row(row: tuple[Any, ...]) -> Suppression:
 def get_suppression(conn: sqlite3.Connection, address: str) -> Suppression | None:
     """The suppression of ``address`` (any case), or None."""
     row = conn.execute(
-        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE address = lower(trim(?))",
-        (address,),
+        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE address = ?",
+        (address_key(address),),
     ).fetchone()
     return suppression_of_row(row) if row else None
 
@@ -241,7 +245,7 @@ def get_suppression(conn: sqlite3.Connection, address: str) -> Suppression | Non
 def delete_suppression(conn: sqlite3.Connection, address: str) -> bool:
     """Lift the suppression of ``address``; False when there was none."""
     return (
-        conn.execute("DELETE FROM suppressions WHERE address = lower(trim(?))", (address,)).rowcount
+        conn.execute("DELETE FROM suppressions WHERE address = ?", (address_key(address),)).rowcount
         == 1
     )
 

@@ -62,7 +62,15 @@ class GroupCommit:
         """Run ``fn`` inside a transaction shared with concurrent writes; its result."""
         slot: _Slot[T] = _Slot()
         self._pending.append((fn, slot))
-        async with self._lock:
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            # Cancelled while queued: a write its caller gave up on must not be
+            # committed by the next batch (the caller may retry it: an open
+            # would count twice). One a running batch took already is past recall.
+            self._pending = [entry for entry in self._pending if entry[1] is not slot]
+            raise
+        with _Held(self._lock):
             if not slot.done:
                 for _ in range(self._gather):
                     # Shielded, as the batch below: this write is queued now.
@@ -90,6 +98,19 @@ class GroupCommit:
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
+
+
+class _Held:
+    """Releases a lock already acquired, at the end of a ``with`` block."""
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def _apply(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from mailpipe.addresses import address_key
 from mailpipe.model import FeedbackOutcome, IdempotencyKey, Suppression
 from mailpipe.store.feedback import (
     RESULT_COLUMNS,
@@ -123,9 +124,9 @@ def add_suppression(
     check_reason(reason)
     row = conn.execute(
         "INSERT INTO suppressions (address, reason, source, request_id, created_at)"
-        " VALUES (lower(trim(%s)), %s, %s, %s, %s) ON CONFLICT (address) DO NOTHING"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (address) DO NOTHING"
         " RETURNING address",
-        (address, reason, source, request_id, now),
+        (address_key(address), reason, source, request_id, now),
     ).fetchone()
     if row is None:
         return None
@@ -138,8 +139,8 @@ def get_suppression(conn: Conn, address: str) -> Suppression | None:
     """The suppression of ``address`` (any case), or None."""
     row = conn.execute(
         f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions"
-        " WHERE address = lower(trim(%s))",
-        (address,),
+        " WHERE address = %s",
+        (address_key(address),),
     ).fetchone()
     return suppression_of_row(row) if row else None
 
@@ -148,7 +149,7 @@ def delete_suppression(conn: Conn, address: str) -> bool:
     """Lift the suppression of ``address`` (announced as a ``lift`` event); False
     when there was none."""
     lifted = conn.execute(
-        "DELETE FROM suppressions WHERE address = lower(trim(%s))", (address,)
+        "DELETE FROM suppressions WHERE address = %s", (address_key(address),)
     ).rowcount == 1
     if lifted:
         publish_in(conn, "lift", {"address": address})

@@ -15,6 +15,8 @@ from typing import Final
 import psycopg
 from psycopg.rows import TupleRow
 
+from mailpipe.addresses import address_key
+
 MIGRATION_LOCK: Final = 0x6D61696C70697065
 """The ``pg_advisory_xact_lock`` key of migrations (``mailpipe`` in ASCII)."""
 
@@ -281,8 +283,64 @@ MIGRATIONS: Final[dict[int, str]] = {
     CREATE INDEX idx_webhook_deliveries_pending_age ON webhook_deliveries (created_at)
         WHERE state = 'pending';
     CREATE INDEX idx_webhook_events_created ON webhook_events (created_at);
+    # Protecting the SES account (as SQLite's migration 10): stored pauses and
+    # the reputation window's indexes.
+    5: """
+    CREATE TABLE topic_pauses (
+        topic_id    text PRIMARY KEY,
+        reason      text NOT NULL,
+        paused_by   text NOT NULL,
+        paused_at   timestamptz NOT NULL,
+        sends       bigint NOT NULL,
+        bounces     bigint NOT NULL,
+        complaints  bigint NOT NULL
+    );
+    CREATE TABLE account_pauses (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        reason      text NOT NULL,
+        paused_by   text NOT NULL,
+        paused_at   timestamptz NOT NULL,
+        sends       bigint NOT NULL,
+        bounces     bigint NOT NULL,
+        complaints  bigint NOT NULL
+    );
+    CREATE INDEX idx_email_requests_topic_sent
+        ON email_requests(topic_id, updated_at) WHERE status = 2;
+    CREATE INDEX idx_email_results_reputation
+        ON email_results(created_at) WHERE bounce_type = 'Permanent' OR status = 'Complaint';
+    CREATE INDEX idx_email_results_unmatched
+        ON email_results(ses_message_id) WHERE request_id IS NULL;
+    CREATE TRIGGER email_results_matched AFTER UPDATE OF request_id ON email_results
+        FOR EACH ROW WHEN (OLD.request_id IS NULL AND NEW.request_id IS NOT NULL)
+        EXECUTE FUNCTION mailpipe_count_result();
     """,
 }
+
+
+REKEY_SUPPRESSIONS: Final = 4
+"""The migration after which suppressions are re-keyed by
+:func:`~mailpipe.addresses.address_key` (Python: SQL has no IDNA)."""
+
+
+def rekey_suppressions(conn: psycopg.Connection[TupleRow]) -> None:
+    """Store every suppression under its address key; of those that become one, the
+    oldest is kept."""
+    rows = conn.execute("SELECT id, address FROM suppressions ORDER BY id").fetchall()
+    kept: dict[str, int] = {}
+    drop: list[int] = []
+    moves: list[tuple[str, int]] = []
+    for sid, address in rows:
+        key = address_key(address)
+        if key in kept:
+            drop.append(sid)
+            continue
+        kept[key] = sid
+        if key != address:
+            moves.append((key, sid))
+    if drop:
+        conn.execute("DELETE FROM suppressions WHERE id = ANY(%s)", (drop,))
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE suppressions SET address = %s WHERE id = %s", moves)
 
 
 def migrate(conn: psycopg.Connection[TupleRow]) -> tuple[int, int]:
@@ -304,5 +362,7 @@ def migrate(conn: psycopg.Connection[TupleRow]) -> tuple[int, int]:
             )
         for version in range(old + 1, latest + 1):
             conn.execute(MIGRATIONS[version].encode())
+            if version == REKEY_SUPPRESSIONS:
+                rekey_suppressions(conn)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
     return old, latest

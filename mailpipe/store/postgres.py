@@ -31,14 +31,17 @@ from mailpipe.model import (
     Claimed,
     Content,
     FeedbackOutcome,
+    Figures,
     IdempotencyKey,
     InsertResult,
     NewMessage,
     Outcome,
+    Pause,
     Recovery,
     Suppression,
 )
 from mailpipe.status import Status
+from mailpipe.store import guard_sql as _guard
 from mailpipe.store import pg_feedback as _sql
 from mailpipe.store import webhooks as _webhooks
 from mailpipe.store.base import Cluster, TopicStats
@@ -68,12 +71,13 @@ PRUNE_EVERY_S: Final = 5.0
 # and the others) serve a query only when it names the same constant. Claims and
 # the next due time walk idx_email_requests_pending, by (scheduled_at, id): they
 # read due rows only, however many wait for later.
-_CLAIM: Final = (
+_CLAIM_SQL: Final = (
     "WITH claimed AS ("
     f" UPDATE email_requests SET status = {Status.PROCESSING:d}, owner = %(me)s,"
     " updated_at = %(now)s"
     f" WHERE id IN (SELECT id FROM email_requests WHERE status = {Status.CREATED:d}"
-    " AND scheduled_at <= %(now)s AND deleted_at IS NULL ORDER BY scheduled_at, id LIMIT %(n)s"
+    " AND scheduled_at <= %(now)s AND deleted_at IS NULL{paused}"
+    " ORDER BY scheduled_at, id LIMIT %(n)s"
     " FOR UPDATE SKIP LOCKED)"
     # An instance whose lease was taken over claims nothing more.
     " AND EXISTS (SELECT 1 FROM instances WHERE id = %(me)s)"
@@ -81,6 +85,10 @@ _CLAIM: Final = (
     ' SELECT c.id, c.topic_id, c."to", c.content_id, c.data, s.reason FROM claimed c'
     ' LEFT JOIN suppressions s ON s.address = lower(c."to")'
 )
+# Rows of a paused topic stay CREATED: while some topic is paused, the twin with
+# the filter claims (see mailpipe.store.guard_sql.NOT_PAUSED).
+_CLAIM: Final = _CLAIM_SQL.replace("{paused}", "")
+_CLAIM_PAUSED: Final = _CLAIM_SQL.replace("{paused}", _guard.NOT_PAUSED)
 _STOP_SUPPRESSED: Final = (
     f"UPDATE email_requests r SET status = {Status.STOPPED:d},"
     " error = 'suppressed: ' || x.reason,"
@@ -149,7 +157,9 @@ class PostgresStore:
         suppressed addresses go to STOPPED in the same transaction."""
 
         def txn(conn: Conn) -> list[Claimed]:
-            rows = conn.execute(_CLAIM, {"me": self._me, "now": now, "n": limit}).fetchall()
+            row = conn.execute(_guard.ANY_PAUSED).fetchone()
+            claim = _CLAIM_PAUSED if row and row[0] else _CLAIM
+            rows = conn.execute(claim, {"me": self._me, "now": now, "n": limit}).fetchall()
             suppressed = [(r[0], r[5]) for r in rows if r[5]]
             if suppressed:
                 ids, reasons = zip(*suppressed, strict=True)
@@ -163,7 +173,9 @@ class PostgresStore:
         """When the earliest CREATED row falls due, or None when there is none."""
 
         def query(conn: Conn) -> datetime | None:
-            row = conn.execute(_NEXT_SCHEDULED).fetchone()
+            paused = conn.execute(_guard.ANY_PAUSED).fetchone()
+            sql = _guard.NEXT_SCHEDULED_PAUSED if paused and paused[0] else _NEXT_SCHEDULED
+            row = conn.execute(sql).fetchone()
             return row[0].astimezone(UTC) if row and row[0] is not None else None
 
         return await self._pool.run(query)
@@ -195,12 +207,19 @@ class PostgresStore:
             [o.attempts for o in outcomes],
         )
 
+        sent = [
+            (o.request_id, o.message_id)
+            for o in outcomes
+            if o.status is Status.SENT and o.message_id is not None
+        ]
+
         def txn(conn: Conn) -> int:
             held = {r[0] for r in conn.execute(_RECORD_OUTCOMES, (now, *columns, self._me))}
             _webhooks.enqueue_request_events(
                 conn, _webhooks.POSTGRES, final_events(o for o in outcomes if o.request_id in held),
                 now,
             )
+            _guard.match_early_feedback(conn, sent, now, True)
             return len(held)
 
         return await self._pool.run(txn) if outcomes else 0
@@ -288,6 +307,74 @@ class PostgresStore:
             return int(row[0]) if row else 0
 
         return await self._pool.run(query)
+
+    # -- reputation and pauses (SQL in mailpipe.store.guard_sql) --------------
+
+    async def reputation(self, topic_id: str | None, since: datetime) -> Figures:
+        """Sends, permanent bounces and complaints of the topic (None: the account)
+        since ``since``."""
+        return await self._pool.run(lambda conn: _guard.reputation(conn, topic_id, since, True))
+
+    async def topics_of(self, request_ids: Sequence[int]) -> list[str]:
+        """The distinct topics of these requests."""
+        return await self._pool.run(lambda conn: _guard.topics_of(conn, request_ids, True))
+
+    async def pause_topic(self, topic_id: str, pause: Pause) -> bool:
+        """Store the topic's pause and tell the other instances (``topic_pause``), in
+        one transaction; False when it was paused already (the first pause is kept)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.save_topic_pause(conn, topic_id, pause, True):
+                return False
+            publish_in(conn, "topic_pause", {"topic": topic_id})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def resume_topic(self, topic_id: str) -> bool:
+        """Forget the topic's pause and tell the other instances (``topic_resume``)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.delete_topic_pause(conn, topic_id, True):
+                return False
+            publish_in(conn, "topic_resume", {"topic": topic_id})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def topic_pause(self, topic_id: str) -> Pause | None:
+        """The topic's stored pause, or None."""
+        return await self._pool.run(lambda conn: _guard.topic_pause(conn, topic_id, True))
+
+    async def paused_topics(self) -> list[str]:
+        """Every paused topic."""
+        return await self._pool.run(_guard.paused_topics)
+
+    async def pause_account(self, pause: Pause) -> bool:
+        """Store the account's pause and tell the other instances (``account_pause``)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.save_account_pause(conn, pause, True):
+                return False
+            publish_in(conn, "account_pause", {"reason": pause.reason})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def resume_account(self) -> bool:
+        """Forget the account's pause and tell the other instances (``account_resume``)."""
+
+        def txn(conn: Conn) -> bool:
+            if not _guard.delete_account_pause(conn):
+                return False
+            publish_in(conn, "account_resume", {})
+            return True
+
+        return await self._pool.run(txn)
+
+    async def account_pause(self) -> Pause | None:
+        """The account's stored pause, or None."""
+        return await self._pool.run(_guard.account_pause)
 
     # -- feedback, tracking, suppressions (SQL in mailpipe.store.pg_feedback) --
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from mailpipe.addresses import address_key
+
 MIGRATIONS: dict[int, str] = {
     # the Go service's tables, columns and status codes.
     1: """
@@ -220,6 +222,53 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX idx_webhook_deliveries_pending_age ON webhook_deliveries (created_at)
         WHERE state = 'pending';
     CREATE INDEX idx_webhook_events_created ON webhook_events (created_at);
+    # Protecting the SES account: stored pauses (a topic's, the account's), and
+    # the indexes that keep the reputation window's counts bounded: a topic's
+    # sends by time (only SENT rows are in it), and the account's permanent
+    # bounces and complaints by time (a few per cent of the sends at most).
+    # Feedback stored before its send's message id was recorded is found by
+    # that message id once it is (idx_email_results_unmatched). Suppressions
+    # are re-keyed by mailpipe.addresses.address_key (the oldest of those that
+    # become one is kept).
+    10: """
+    CREATE TABLE topic_pauses (
+        topic_id    TEXT PRIMARY KEY,
+        reason      TEXT NOT NULL,
+        paused_by   TEXT NOT NULL,
+        paused_at   TEXT NOT NULL,
+        sends       INTEGER NOT NULL,
+        bounces     INTEGER NOT NULL,
+        complaints  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE account_pauses (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        reason      TEXT NOT NULL,
+        paused_by   TEXT NOT NULL,
+        paused_at   TEXT NOT NULL,
+        sends       INTEGER NOT NULL,
+        bounces     INTEGER NOT NULL,
+        complaints  INTEGER NOT NULL
+    );
+    CREATE INDEX idx_email_requests_topic_sent
+        ON email_requests(topic_id, updated_at) WHERE status = 2;
+    CREATE INDEX idx_email_results_reputation
+        ON email_results(created_at) WHERE bounce_type = 'Permanent' OR status = 'Complaint';
+    CREATE INDEX idx_email_results_unmatched
+        ON email_results(ses_message_id) WHERE request_id IS NULL;
+    DELETE FROM suppressions WHERE id NOT IN (
+        SELECT min(id) FROM suppressions GROUP BY mailpipe_address_key(address));
+    UPDATE suppressions SET address = mailpipe_address_key(address)
+        WHERE address <> mailpipe_address_key(address);
+    CREATE TRIGGER email_results_matched AFTER UPDATE OF request_id ON email_results
+    WHEN OLD.request_id IS NULL AND NEW.request_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM email_results
+        WHERE request_id = NEW.request_id AND status = NEW.status AND id <> NEW.id)
+    BEGIN
+        INSERT INTO topic_result_counts (topic_id, status, n)
+            SELECT topic_id, NEW.status, 1 FROM email_requests
+            WHERE id = NEW.request_id AND topic_id IS NOT NULL
+            ON CONFLICT (topic_id, status) DO UPDATE SET n = n + 1;
+    END;
     """,
 }
 
@@ -237,6 +286,7 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
         raise RuntimeError(
             f"database schema version {old} is newer than this mailpipe ({latest})"
         )
+    conn.create_function("mailpipe_address_key", 1, address_key, deterministic=True)
     for version in range(old + 1, latest + 1):
         script = MIGRATIONS[version]
         try:

@@ -27,15 +27,18 @@ from mailpipe.model import (
     Claimed,
     Content,
     FeedbackOutcome,
+    Figures,
     IdempotencyKey,
     InsertResult,
     NewMessage,
     Outcome,
+    Pause,
     Recovery,
     Suppression,
 )
 from mailpipe.status import Status
 from mailpipe.store import feedback as _feedback
+from mailpipe.store import guard_sql as _guard
 from mailpipe.store import idempotency as _idempotency
 from mailpipe.store import tracking as _tracking
 from mailpipe.store import webhooks as _webhooks
@@ -60,17 +63,22 @@ T = TypeVar("T")
 # Status codes are interpolated, not bound: the partial indexes (``WHERE status = 0``,
 # ``WHERE status = 2``) serve a query only when it names the same constant. Claims,
 # the wake-up and the next due time walk idx_email_requests_pending_due, by
-# (scheduled_at, id): they read due rows only, however many wait for later.
-_ANY_DUE: Final = (
+# (scheduled_at, id): they read due rows only, however many wait for later. Each has
+# a twin for when some topic is paused (mailpipe.store.guard_sql.NOT_PAUSED).
+_ANY_DUE_SQL: Final = (
     f"SELECT 1 FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?"
-    " AND deleted_at IS NULL LIMIT 1"
+    " AND deleted_at IS NULL{paused} LIMIT 1"
 )
-_CLAIM: Final = (
+_ANY_DUE: Final = _ANY_DUE_SQL.format(paused="")
+_ANY_DUE_PAUSED: Final = _ANY_DUE_SQL.format(paused=_guard.NOT_PAUSED)
+_CLAIM_SQL: Final = (
     f"UPDATE email_requests SET status = {Status.PROCESSING:d}, updated_at = ?1 WHERE id IN ("
     f" SELECT id FROM email_requests WHERE status = {Status.CREATED:d} AND scheduled_at <= ?1"
-    " AND deleted_at IS NULL ORDER BY scheduled_at, id LIMIT ?2)"
+    " AND deleted_at IS NULL{paused} ORDER BY scheduled_at, id LIMIT ?2)"
     ' RETURNING id, topic_id, "to", content_id, data, '
 )
+_CLAIM: Final = _CLAIM_SQL.format(paused="")
+_CLAIM_PAUSED: Final = _CLAIM_SQL.format(paused=_guard.NOT_PAUSED)
 _STOP_SUPPRESSED: Final = (
     f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ?"
     " WHERE id = ?"
@@ -130,6 +138,15 @@ def _requests_insert(msg: NewMessage) -> tuple[str, str]:
     if msg.data is None:
         return _INSERT_ADDRESSES, json.dumps(list(msg.emails))
     return _INSERT_WITH_DATA, json.dumps(list(zip(msg.emails, msg.data, strict=True)))
+
+
+def _sent_ids(outcomes: Sequence[Outcome]) -> list[tuple[int, str]]:
+    """(request id, SES message id) of the SENT outcomes."""
+    return [
+        (o.request_id, o.message_id)
+        for o in outcomes
+        if o.status is Status.SENT and o.message_id is not None
+    ]
 
 
 def _stop_rows(
@@ -336,18 +353,24 @@ class SqliteStore:
         the error ``suppressed: <reason>`` in the same transaction and are not
         returned: a suppressed address is never handed to a transport.
         """
-        checked = _CLAIM + '(SELECT reason FROM suppressions WHERE address = lower("to"))'
-        unchecked = _CLAIM + "NULL"  # no suppressions at all: skip the lookup per row
         now_text = to_db(now)
 
         def claim(conn: sqlite3.Connection) -> list[Claimed]:
-            if conn.execute(_ANY_DUE, (now_text,)).fetchone() is None:
+            (paused,) = conn.execute(_guard.ANY_PAUSED).fetchone()
+            any_due = _ANY_DUE_PAUSED if paused else _ANY_DUE
+            if conn.execute(any_due, (now_text,)).fetchone() is None:
                 return []  # skips the write and the id-order walk past rows not yet due
             with transaction(conn):
                 (any_suppressed,) = conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM suppressions)"
                 ).fetchone()
-                query = checked if any_suppressed else unchecked
+                (paused,) = conn.execute(_guard.ANY_PAUSED).fetchone()
+                base = _CLAIM_PAUSED if paused else _CLAIM
+                # No suppressions at all: skip the lookup per row.
+                query = base + (
+                    '(SELECT reason FROM suppressions WHERE address = lower("to"))'
+                    if any_suppressed else "NULL"
+                )
                 rows = conn.execute(query, (now_text, limit)).fetchall()
                 suppressed = [(f"suppressed: {r[5]}", now_text, r[0]) for r in rows if r[5]]
                 if suppressed:
@@ -362,8 +385,10 @@ class SqliteStore:
         """When the earliest CREATED row falls due, or None when there is none."""
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            (first,) = conn.execute(_NEXT_SCHEDULED).fetchone()
-            return from_db(first) if first else None
+            (paused,) = conn.execute(_guard.ANY_PAUSED).fetchone()
+            sql = _guard.NEXT_SCHEDULED_PAUSED if paused else _NEXT_SCHEDULED
+            row = conn.execute(sql).fetchone()
+            return from_db(row[0]) if row and row[0] else None
 
         return await self._r.run(query)
 
@@ -400,6 +425,7 @@ class SqliteStore:
             )
             changed = cur.rowcount
             _webhooks.enqueue_request_events(conn, _webhooks.SQLITE, final_events(outcomes), now)
+            _guard.match_early_feedback(conn, _sent_ids(outcomes), now, False)
             conn.execute("COMMIT")
             return changed
 
@@ -516,6 +542,53 @@ class SqliteStore:
             return TopicStats(requests, results)
 
         return await self._r.run(query)
+
+    # -- reputation and pauses (SQL in mailpipe.store.guard_sql) --------------
+
+    async def reputation(self, topic_id: str | None, since: datetime) -> Figures:
+        """Sends, permanent bounces and complaints of the topic (None: the account)
+        since ``since``."""
+
+        def query(conn: sqlite3.Connection) -> Figures:
+            with read_transaction(conn):
+                return _guard.reputation(conn, topic_id, since, False)
+
+        return await self._r.run(query)
+
+    async def topics_of(self, request_ids: Sequence[int]) -> list[str]:
+        """The distinct topics of these requests."""
+        return await self._r.run(lambda conn: _guard.topics_of(conn, request_ids, False))
+
+    async def pause_topic(self, topic_id: str, pause: Pause) -> bool:
+        """Store the topic's pause (its CREATED rows are no longer claimed); False
+        when it was paused already (the first pause is kept)."""
+        return await self._write_txn(
+            lambda conn: _guard.save_topic_pause(conn, topic_id, pause, False)
+        )
+
+    async def resume_topic(self, topic_id: str) -> bool:
+        """Forget the topic's pause; False when it had none."""
+        return await self._w.run(lambda conn: _guard.delete_topic_pause(conn, topic_id, False))
+
+    async def topic_pause(self, topic_id: str) -> Pause | None:
+        """The topic's stored pause, or None."""
+        return await self._r.run(lambda conn: _guard.topic_pause(conn, topic_id, False))
+
+    async def paused_topics(self) -> list[str]:
+        """Every paused topic."""
+        return await self._r.run(_guard.paused_topics)
+
+    async def pause_account(self, pause: Pause) -> bool:
+        """Store the account's pause; False when it was paused already."""
+        return await self._w.run(lambda conn: _guard.save_account_pause(conn, pause, False))
+
+    async def resume_account(self) -> bool:
+        """Forget the account's pause; False when it had none."""
+        return await self._w.run(_guard.delete_account_pause)
+
+    async def account_pause(self) -> Pause | None:
+        """The account's stored pause, or None."""
+        return await self._r.run(_guard.account_pause)
 
     # -- feedback and suppressions (SQL in mailpipe.store.feedback) ----------
 

@@ -44,6 +44,19 @@ class SendResult:
     error: SendError | None = None
 
 
+@dataclass(frozen=True)
+class AccountState:
+    """What the provider says of the account (``GetAccount`` on SES); None where
+    the transport cannot know. ``error`` says why the provider did not answer."""
+
+    max_24_hour_send: float | None = None
+    max_send_rate: float | None = None
+    sent_last_24_hours: float | None = None
+    enforcement_status: str | None = None
+    sending_enabled: bool | None = None
+    error: str | None = None
+
+
 class Transport(Protocol):
     """Something that can deliver emails; see the module docstring."""
 
@@ -56,6 +69,11 @@ class Transport(Protocol):
 
     def account_blocker(self) -> str | None:
         """Why the account cannot send right now, or None when it can (blocking)."""
+        ...
+
+    def account_state(self) -> AccountState:
+        """The account's quota and standing as the provider reports it (blocking;
+        a failure is the state's ``error``, never raised)."""
         ...
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mailpipe.transport import Email, Release, SendResult
+from mailpipe.transport import AccountState, Email, Release, SendResult
 
 Handler = Callable[[Sequence[Email]], list[SendResult]]
 
@@ -42,6 +42,10 @@ class MockTransport:
     def account_blocker(self) -> str | None:
         """``blocker``."""
         return self.blocker
+
+    def account_state(self) -> AccountState:
+        """No quota to report; this transport can always send."""
+        return AccountState(sending_enabled=True)
 
     def close(self) -> None:
         """Nothing to release."""

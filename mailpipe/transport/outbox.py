@@ -15,7 +15,7 @@ from pathlib import Path
 from mailpipe.content.html import html_to_text
 from mailpipe.content.mime import build_message, to_bytes
 from mailpipe.errors import PermanentSendError, ReleaseMissed, TransientSendError
-from mailpipe.transport import Email, Release, SendResult, hold_until
+from mailpipe.transport import AccountState, Email, Release, SendResult, hold_until
 
 
 class OutboxTransport:
@@ -61,6 +61,10 @@ class OutboxTransport:
     def account_blocker(self) -> str | None:
         """The outbox can always write."""
         return None
+
+    def account_state(self) -> AccountState:
+        """No quota to report; this transport can always send."""
+        return AccountState(sending_enabled=True)
 
     def close(self) -> None:
         """Nothing to release."""

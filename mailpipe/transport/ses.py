@@ -17,7 +17,7 @@ from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
 
 from mailpipe.errors import TransientSendError
-from mailpipe.transport import Email, Release, SendResult, hold_until
+from mailpipe.transport import AccountState, Email, Release, SendResult, hold_until
 from mailpipe.transport.classify import classify, classify_bulk_status
 
 if TYPE_CHECKING:
@@ -243,6 +243,21 @@ class SesTransport:
         if account.get("EnforcementStatus") == "SHUTDOWN":
             return "EnforcementStatus is SHUTDOWN"
         return None
+
+    def account_state(self) -> AccountState:
+        """``GetAccount``'s quota, EnforcementStatus and SendingEnabled."""
+        try:
+            account = self.get_account()
+        except Exception as exc:  # classified, reported as the state's error
+            return AccountState(error=str(classify(exc)))
+        quota = account.get("SendQuota") or {}
+        return AccountState(
+            max_24_hour_send=quota.get("Max24HourSend"),
+            max_send_rate=quota.get("MaxSendRate"),
+            sent_last_24_hours=quota.get("SentLast24Hours"),
+            enforcement_status=account.get("EnforcementStatus"),
+            sending_enabled=account.get("SendingEnabled"),
+        )
 
     def close(self) -> None:
         """Close the client's connection pool."""
