@@ -283,6 +283,7 @@ MIGRATIONS: Final[dict[int, str]] = {
     CREATE INDEX idx_webhook_deliveries_pending_age ON webhook_deliveries (created_at)
         WHERE state = 'pending';
     CREATE INDEX idx_webhook_events_created ON webhook_events (created_at);
+    """,
     # Protecting the SES account (as SQLite's migration 10): stored pauses and
     # the reputation window's indexes.
     5: """

@@ -222,6 +222,7 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX idx_webhook_deliveries_pending_age ON webhook_deliveries (created_at)
         WHERE state = 'pending';
     CREATE INDEX idx_webhook_events_created ON webhook_events (created_at);
+    """,
     # Protecting the SES account: stored pauses (a topic's, the account's), and
     # the indexes that keep the reputation window's counts bounded: a topic's
     # sends by time (only SENT rows are in it), and the account's permanent
