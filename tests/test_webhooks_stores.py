@@ -174,35 +174,30 @@ async def test_settled_events_are_pruned_after_a_week_pending_ones_kept(
         ]
 
 
-async def test_topic_paused_rides_in_the_callers_transaction(where: str | Path) -> None:
-    """The helper #13's pause method calls inside its own transaction, on both engines:
-    the event commits with it, or not at all."""
-    from mailpipe.store import webhooks as sql
-    from mailpipe.webhooks.events import topic_paused
+async def test_a_topic_pause_writes_its_event_in_the_same_transaction(
+    where: str | Path,
+) -> None:
+    """The store's topic pause stores its ``topic.paused`` event with it, on both
+    engines; a second pause of the same topic (kept as the first) adds none."""
+    from mailpipe.model import Figures, Pause
 
+    figures = Figures(sends=200, bounces=12, complaints=0)
+    first = Pause("topic bounce rate 6.00%", "auto", utcnow(), figures)
     async with open_store(where) as store:
         await store.webhooks.create(replace_events(endpoint("wh_a", ("topic.paused",)), "t"))
-        pg = isinstance(where, str)
-        dialect = sql.POSTGRES if pg else sql.SQLITE
-        run = store._pool.run if pg else store._write_txn  # type: ignore[attr-defined]
-        figures = {"sends": 100, "bounces": 6, "bounceRate": 0.06}
-
-        def pause_then_fail(conn: object) -> None:
-            ev = topic_paused("t", "bounce rate 6% above 5%", "auto", figures, utcnow())
-            assert sql.enqueue(conn, dialect, [ev], utcnow()) == 1
-            raise RuntimeError("the pause does not commit")
-
-        with pytest.raises(Exception, match="does not commit"):
-            await run(pause_then_fail)
-        assert await store.webhooks.oldest_undelivered() is None
-        other = topic_paused("other", "by hand", "user", {}, utcnow())
-        ev = topic_paused("t", "bounce rate 6% above 5%", "auto", figures, utcnow())
-        assert await run(lambda conn: sql.enqueue(conn, dialect, [ev, other], utcnow())) == 1
-        (claim,) = await store.webhooks.claim(utcnow(), 10, utcnow() + timedelta(minutes=1))
+        assert await store.pause_topic("other", Pause("by hand", "user", utcnow(), Figures()))
+        assert await store.pause_topic("t", first)
+        assert not await store.pause_topic("t", Pause("again", "user", utcnow(), figures))
+        claims = await store.webhooks.claim(utcnow(), 10, utcnow() + timedelta(minutes=1))
+        assert (await store.topic_pause("t")) is not None
+    (claim,) = claims  # "other" is not this endpoint's topic; the second pause wrote nothing
     body = json.loads(claim.body)
-    assert body["type"] == "topic.paused" and claim.event_id == ev.id
-    assert body["data"] == {"topicId": "t", "reason": "bounce rate 6% above 5%", "by": "auto",
-                            "figures": figures}
+    assert body["type"] == "topic.paused"
+    assert body["data"] == {
+        "topicId": "t", "reason": "topic bounce rate 6.00%", "by": "auto",
+        "figures": {"sends": 200, "bounces": 12, "complaints": 0, "bounceRate": 0.06,
+                    "complaintRate": 0.0},
+    }
 
 
 def replace_events(ep: Endpoint, topic_id: str) -> Endpoint:
