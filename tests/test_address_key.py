@@ -7,12 +7,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pgkit
 import psycopg
 import trio
 from conftest import api_client, make_config, running_service
 
 from mailpipe.store import open_store
-from mailpipe.store.pg_schema import rekey_suppressions
+from mailpipe.store.pg_schema import MIGRATIONS as PG_MIGRATIONS
+from mailpipe.store.pg_schema import REKEY_SUPPRESSIONS
+from mailpipe.store.pg_schema import migrate as pg_migrate
 from mailpipe.store.schema import MIGRATIONS
 
 
@@ -62,17 +65,22 @@ def test_sqlite_migration_rekeys_existing_suppressions(tmp_path: Path) -> None:
     assert trio.run(reopen) == [("ann@xn--bcher-kva.de", "bounce"), ("b@x.com", "complaint")]
 
 
-def test_postgres_rekey_keeps_the_oldest(pg_url: str) -> None:
-    async def migrated() -> None:
-        async with open_store(pg_url):
-            pass
-
-    trio.run(migrated)
+def test_postgres_migration_rekeys_existing_suppressions(pg_url: str) -> None:
+    """Suppressions stored before the key existed are re-keyed by the migration
+    that brings it, keeping the oldest of those that become one."""
+    pgkit.execute(pg_url, "DROP SCHEMA public CASCADE")
+    pgkit.execute(pg_url, "CREATE SCHEMA public")
     with psycopg.connect(pg_url) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        for version in range(1, REKEY_SUPPRESSIONS):
+            conn.execute(PG_MIGRATIONS[version].encode())
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
         for address, reason in (("ann@bücher.de", "bounce"), ("ann@xn--bcher-kva.de", "complaint"),
                                 ("B@x.com", "complaint")):
             conn.execute("INSERT INTO suppressions (address, reason, created_at)"
                          " VALUES (%s, %s, now())", (address, reason))
-        rekey_suppressions(conn)
+        conn.commit()
+        assert pg_migrate(conn) == (REKEY_SUPPRESSIONS - 1, max(PG_MIGRATIONS))
         rows = conn.execute("SELECT address, reason FROM suppressions ORDER BY address").fetchall()
     assert rows == [("ann@xn--bcher-kva.de", "bounce"), ("b@x.com", "complaint")]

@@ -318,7 +318,7 @@ MIGRATIONS: Final[dict[int, str]] = {
 }
 
 
-REKEY_SUPPRESSIONS: Final = 4
+REKEY_SUPPRESSIONS: Final = 5
 """The migration after which suppressions are re-keyed by
 :func:`~mailpipe.addresses.address_key` (Python: SQL has no IDNA)."""
 
