@@ -157,9 +157,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         database_url=parse("DATABASE_URL", _postgres_url, d.database_url),
         lease_s=parse("LEASE_S", _float_range(2.0, 3600.0), d.lease_s),
         email_rate=rate,
-        max_concurrent=parse(
-            "MAX_CONCURRENT", _int_range(1, 10_000), default_max_concurrent(rate)
-        ),
+        max_concurrent=parse("MAX_CONCURRENT", _int_range(1, 10_000), default_max_concurrent(rate)),
         email_sender=sender,
         aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or d.aws_region,
         ses_config_set=get("SES_CONFIG_SET"),
@@ -182,6 +180,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         tracking_secret=get("TRACKING_SECRET"),
         log_level=parse("LOG_LEVEL", _choice(LOG_LEVELS), d.log_level),
     )
+
 
 def _choose_transport(
     explicit: str | None, sender: str | None, env: Mapping[str, str]

@@ -196,7 +196,10 @@ async def run_service(
             config.api_key, config.data_dir / "api_key", 24, "api_key", store.cluster
         )
         tracking = await resolve_secret(
-            config.tracking_secret, config.data_dir / "tracking_secret", 32, "tracking_secret",
+            config.tracking_secret,
+            config.data_dir / "tracking_secret",
+            32,
+            "tracking_secret",
             store.cluster,
         )
         async with open_transport(config) as (transport, rate):
@@ -265,12 +268,26 @@ def _assemble(
     cluster_sync = None
     if store.cluster is not None:
         cluster_sync = ClusterSync(
-            store.cluster, lease_s=config.lease_s, gate=gate, pool=pool, scheduler=scheduler,
+            store.cluster,
+            lease_s=config.lease_s,
+            gate=gate,
+            pool=pool,
+            scheduler=scheduler,
             announcements=announce_recv,
         )
     return Service(
-        config, store, api_key, transport, metrics, limiter, gate, scheduler, pool, recorder,
-        tokens, cluster_sync,
+        config,
+        store,
+        api_key,
+        transport,
+        metrics,
+        limiter,
+        gate,
+        scheduler,
+        pool,
+        recorder,
+        tokens,
+        cluster_sync,
     )
 
 
@@ -296,10 +313,15 @@ async def _supervise(
             await pipeline.start(svc.recorder.run)
             await pipeline.start(svc.pool.run)
             await pipeline.start(svc.scheduler.run)
-            await background.start(partial(
-                run_pause_probe, svc.gate, svc.transport, svc.config.pause_probe_s,
-                svc.scheduler.nudge,
-            ))
+            await background.start(
+                partial(
+                    run_pause_probe,
+                    svc.gate,
+                    svc.transport,
+                    svc.config.pause_probe_s,
+                    svc.scheduler.nudge,
+                )
+            )
             await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
             log.info(
                 "mailpipe ready on %s: transport=%s rate=%g/s max_concurrent=%d store=%s",

@@ -132,8 +132,7 @@ def add_suppression(
 def get_suppression(conn: Conn, address: str) -> Suppression | None:
     """The suppression of ``address`` (any case), or None."""
     row = conn.execute(
-        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions"
-        " WHERE address = lower(trim(%s))",
+        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE address = lower(trim(%s))",
         (address,),
     ).fetchone()
     return suppression_of_row(row) if row else None
@@ -142,9 +141,12 @@ def get_suppression(conn: Conn, address: str) -> Suppression | None:
 def delete_suppression(conn: Conn, address: str) -> bool:
     """Lift the suppression of ``address`` (announced as a ``lift`` event); False
     when there was none."""
-    lifted = conn.execute(
-        "DELETE FROM suppressions WHERE address = lower(trim(%s))", (address,)
-    ).rowcount == 1
+    lifted = (
+        conn.execute(
+            "DELETE FROM suppressions WHERE address = lower(trim(%s))", (address,)
+        ).rowcount
+        == 1
+    )
     if lifted:
         publish_in(conn, "lift", {"address": address})
     return lifted
@@ -156,8 +158,7 @@ def list_suppressions(
     """Up to ``limit`` suppressions, newest first, with ids below ``before``; and the
     next page's cursor (None on the last page)."""
     rows = conn.execute(
-        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions"
-        " WHERE id < %s ORDER BY id DESC LIMIT %s",
+        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE id < %s ORDER BY id DESC LIMIT %s",
         (before if before is not None else 2**63 - 1, limit + 1),
     ).fetchall()
     return suppression_page(rows, limit)
@@ -168,11 +169,14 @@ def list_suppressions(
 
 def record_result(conn: Conn, request_id: int, status: str, raw: str, now: datetime) -> bool:
     """Add a ``status`` result to the request; False when there is no such request."""
-    return conn.execute(
-        "INSERT INTO email_results (request_id, status, raw, created_at, updated_at, recipient)"
-        ' SELECT id, %s, %s, %s, %s, "to" FROM email_requests WHERE id = %s',
-        (status, raw, now, now, request_id),
-    ).rowcount == 1
+    return (
+        conn.execute(
+            "INSERT INTO email_results (request_id, status, raw, created_at, updated_at, recipient)"
+            ' SELECT id, %s, %s, %s, %s, "to" FROM email_requests WHERE id = %s',
+            (status, raw, now, now, request_id),
+        ).rowcount
+        == 1
+    )
 
 
 def recipient_of(conn: Conn, request_id: int) -> str | None:
@@ -201,8 +205,7 @@ def earlier_answer(conn: Conn, key: IdempotencyKey, now: datetime) -> dict[str, 
     """The answer remembered for ``key`` within 24 h, or None; raises
     :class:`~mailpipe.errors.KeyReused` when it came with another body."""
     row = conn.execute(
-        "SELECT body_sha256, response FROM idempotency_keys"
-        " WHERE key = %s AND created_at >= %s",
+        "SELECT body_sha256, response FROM idempotency_keys WHERE key = %s AND created_at >= %s",
         (key.key, now - KEEP),
     ).fetchone()
     return answer_of(key, row)

@@ -358,12 +358,8 @@ class PostgresStore:
         stops older than a week; fold the topic counters' deltas."""
 
         def txn(conn: Conn) -> None:
-            conn.execute(
-                "DELETE FROM cluster_events WHERE created_at < %s", (now - EVENTS_KEEP,)
-            )
-            conn.execute(
-                "DELETE FROM sns_messages WHERE created_at < %s", (now - SNS_DEDUPE_KEEP,)
-            )
+            conn.execute("DELETE FROM cluster_events WHERE created_at < %s", (now - EVENTS_KEEP,))
+            conn.execute("DELETE FROM sns_messages WHERE created_at < %s", (now - SNS_DEDUPE_KEEP,))
             conn.execute("DELETE FROM topic_stops WHERE created_at < %s", (now - STOPS_KEEP,))
 
         await self._pool.run(txn)

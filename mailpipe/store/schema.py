@@ -177,9 +177,7 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
     assert sorted(MIGRATIONS) == list(range(1, latest + 1)), "migrations must be numbered 1..n"
     (old,) = conn.execute("PRAGMA user_version").fetchone()
     if old > latest:
-        raise RuntimeError(
-            f"database schema version {old} is newer than this mailpipe ({latest})"
-        )
+        raise RuntimeError(f"database schema version {old} is newer than this mailpipe ({latest})")
     for version in range(old + 1, latest + 1):
         script = MIGRATIONS[version]
         try:

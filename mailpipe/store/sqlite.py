@@ -69,8 +69,7 @@ _CLAIM: Final = (
     ' RETURNING id, topic_id, "to", content_id, data, '
 )
 _STOP_SUPPRESSED: Final = (
-    f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ?"
-    " WHERE id = ?"
+    f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ? WHERE id = ?"
 )
 _NEXT_SCHEDULED: Final = (
     "SELECT MIN(scheduled_at) FROM email_requests"
@@ -135,10 +134,12 @@ def _stop_rows(
     """Move the topic's CREATED/PROCESSING rows with ids up to ``upto``, but not in
     ``exclude``, to STOPPED; how many."""
     # The ids go in as one JSON array: any number of them, one variable.
-    return int(conn.execute(
-        _STOP_TOPIC,
-        (to_db(now), topic_id, upto, json.dumps(list(exclude))),
-    ).rowcount)
+    return int(
+        conn.execute(
+            _STOP_TOPIC,
+            (to_db(now), topic_id, upto, json.dumps(list(exclude))),
+        ).rowcount
+    )
 
 
 @contextlib.contextmanager
@@ -249,7 +250,10 @@ class SqliteStore:
         self._r = _Conn(reader)
         self._checkpoint_failure: str | None = None
         self._group = GroupCommit(
-            self._w.run, inline=self._w.run_inline, inline_max=INLINE_BATCH, gather=GATHER_PASSES,
+            self._w.run,
+            inline=self._w.run_inline,
+            inline_max=INLINE_BATCH,
+            gather=GATHER_PASSES,
             failed=self._health.failed,
         )
 
@@ -607,8 +611,9 @@ class SqliteStore:
             )
         except StoreError as exc:
             if self._checkpoint_failure is None:
-                log.error("WAL checkpoint failed (tried again every %gs): %s",
-                          CHECKPOINT_INTERVAL, exc)
+                log.error(
+                    "WAL checkpoint failed (tried again every %gs): %s", CHECKPOINT_INTERVAL, exc
+                )
             self._checkpoint_failure = str(exc)
         else:
             if self._checkpoint_failure is not None:
