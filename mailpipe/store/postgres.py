@@ -39,8 +39,9 @@ from mailpipe.model import (
     Suppression,
 )
 from mailpipe.status import Status
+from mailpipe.store import pg_activity as _activity
 from mailpipe.store import pg_feedback as _sql
-from mailpipe.store.base import Cluster, TopicStats
+from mailpipe.store.base import Activity, Cluster, TopicStats
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
 from mailpipe.store.pg_cluster import PgCluster, publish_in, settle, stop_rows
 from mailpipe.store.pg_counts import TOPIC_STATS, fold_count_deltas
@@ -278,6 +279,21 @@ class PostgresStore:
             return int(row[0]) if row else 0
 
         return await self._pool.run(query)
+
+    # -- the dashboard's reads (SQL in mailpipe.store.pg_activity) -------------
+
+    async def topic_list(self, limit: int) -> list[tuple[str, TopicStats]]:
+        """Up to ``limit`` topics with their counts (counters and deltas), largest first."""
+        return await self._pool.run(lambda conn: _activity.topic_list(conn, limit))
+
+    async def activity(self, topic_id: str | None) -> Activity:
+        """The topic's recent activity (every topic's sends when None); bounded reads."""
+        now = utcnow()
+        return await self._pool.run(lambda conn: _activity.activity(conn, topic_id, now))
+
+    async def search_suppressions(self, text: str, limit: int) -> list[Suppression]:
+        """Up to ``limit`` suppressions whose address contains ``text``, newest first."""
+        return await self._pool.run(lambda conn: _activity.search_suppressions(conn, text, limit))
 
     # -- feedback, tracking, suppressions (SQL in mailpipe.store.pg_feedback) --
 

@@ -35,10 +35,11 @@ from mailpipe.model import (
     Suppression,
 )
 from mailpipe.status import Status
+from mailpipe.store import activity as _activity
 from mailpipe.store import feedback as _feedback
 from mailpipe.store import idempotency as _idempotency
 from mailpipe.store import tracking as _tracking
-from mailpipe.store.base import Cluster, TopicStats
+from mailpipe.store.base import Activity, Cluster, TopicStats
 from mailpipe.store.feedback import transaction
 from mailpipe.store.group import GroupCommit
 from mailpipe.store.health import FileIdentity, WriteHealth
@@ -504,6 +505,21 @@ class SqliteStore:
             return TopicStats(requests, results)
 
         return await self._r.run(query)
+
+    # -- the dashboard's reads (SQL in mailpipe.store.activity) ---------------
+
+    async def topic_list(self, limit: int) -> list[tuple[str, TopicStats]]:
+        """Up to ``limit`` topics with their counts (from the counters), largest first."""
+        return await self._r.run(lambda conn: _activity.topic_list(conn, limit))
+
+    async def activity(self, topic_id: str | None) -> Activity:
+        """The topic's recent activity (every topic's sends when None); bounded reads."""
+        now = utcnow()
+        return await self._r.run(lambda conn: _activity.activity(conn, topic_id, now))
+
+    async def search_suppressions(self, text: str, limit: int) -> list[Suppression]:
+        """Up to ``limit`` suppressions whose address contains ``text``, newest first."""
+        return await self._r.run(lambda conn: _activity.search_suppressions(conn, text, limit))
 
     # -- feedback and suppressions (SQL in mailpipe.store.feedback) ----------
 
