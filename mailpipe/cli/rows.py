@@ -46,6 +46,8 @@ class ListInfo:
 
     digest: str
     lines: int
+    header_lines: int
+    """1 for a CSV file (its header), 0 for JSON lines."""
 
 
 def kind_of(path: Path) -> str:
@@ -77,7 +79,7 @@ def scan(path: Path) -> ListInfo:
                 lines += block_text.count("\n")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise ListError(f"{path}: {exc}") from None
-    return ListInfo(digest.hexdigest(), lines)
+    return ListInfo(digest.hexdigest(), lines, 1 if kind_of(path) == "csv" else 0)
 
 
 def read_rows(path: Path, email_column: str) -> Iterator[Row]:

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from mailpipe.cli.client import Client
+from mailpipe.cli.client import Client, CliError
 from mailpipe.cli.rows import Row, chunk_key, chunks, read_rows, scan
 
 MAX_REFUSALS_SHOWN = 20
@@ -105,7 +105,10 @@ def send_list(
     verb = "checking" if dry_run else "sending"
     with progress:
         task = progress.add_task(
-            f"{verb} {path.name}", total=max(info.lines - 1, 1), accepted=0, refused=0
+            f"{verb} {path.name}",
+            total=max(info.lines - info.header_lines, 1),
+            accepted=0,
+            refused=0,
         )
         for number, (good, bad) in enumerate(chunks(read_rows(path, email_column), chunk_size), 1):
             totals.read += len(good) + len(bad)
@@ -136,12 +139,14 @@ def _post(
     client: Client, digest: str, message: Message, rows: list[Row], number: int, dry_run: bool
 ) -> tuple[int, bool]:
     """(recipients accepted, whether the server answered from an earlier run)."""
-    body = message.body(rows)
-    if dry_run:
-        answer, _ = client.call("POST", "/v1/messages", json=body, params={"dryRun": "true"})
-        return int(answer["count"]), False
-    key = chunk_key(digest, message.topic, number)
-    answer, headers = client.call(
-        "POST", "/v1/messages", json=body, headers={"Idempotency-Key": key}
-    )
-    return int(answer["count"]), headers.get("Idempotent-Replayed") == "true"
+    params = {"dryRun": "true"} if dry_run else None
+    headers = None if dry_run else {"Idempotency-Key": chunk_key(digest, message.topic, number)}
+    try:
+        answer, got = client.call(
+            "POST", "/v1/messages", json=message.body(rows), params=params, headers=headers
+        )
+    except CliError as exc:
+        if ": 413 " in str(exc):  # the server takes fewer a request: say how to comply
+            raise CliError(f"{exc}; pass a smaller --chunk-size") from None
+        raise
+    return int(answer["count"]), got.get("Idempotent-Replayed") == "true"

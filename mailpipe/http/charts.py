@@ -77,8 +77,8 @@ def time_chart(
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"'
                      f' points="{coords}" data-kind="{escape(kind)}"/>')  # fmt: skip
         for point in coords.split():  # a dot a minute: a single minute is visible too
-            x, y = point.split(",")
-            parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{colour}"/>')
+            cx, cy = point.split(",")
+            parts.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
         lx = PAD_LEFT + c * 110
         parts.append(f'<rect x="{lx}" y="{HEIGHT - 14}" width="10" height="10" fill="{colour}"/>')
         parts.append(f'<text x="{lx + 14}" y="{HEIGHT - 5}" font-size="11">{escape(kind)}</text>')
