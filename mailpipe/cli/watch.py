@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from mailpipe.cli.client import Client
 
@@ -49,19 +51,18 @@ def watch(
         TextColumn(f"[bold]{topic}"),
         BarColumn(),
         TextColumn("{task.completed:,.0f}/{task.total:,.0f} done"),
-        TextColumn("{task.fields[detail]}"),
         TimeRemainingColumn(),
-        console=console,
     )
+    detail = Text()
     last = figures(client.get(path))
     last_at = time.monotonic()
     rate: float | None = None
-    with progress:
-        task = progress.add_task("", total=max(last["total"], 1), detail=line(last, None))
+    with Live(Group(progress, detail), console=console, refresh_per_second=4):
+        task = progress.add_task("", total=max(last["total"], 1))
         while True:
             done = last["total"] - last["pending"]
-            progress.update(task, completed=done, total=max(last["total"], 1),
-                            detail=line(last, rate))  # fmt: skip
+            progress.update(task, completed=done, total=max(last["total"], 1))
+            detail.plain = line(last, rate)
             if last["pending"] == 0 and last["total"] > 0:
                 break
             sleep(interval)
