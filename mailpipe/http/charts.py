@@ -17,7 +17,7 @@ WIDTH: Final = 720
 HEIGHT: Final = 220
 PAD_LEFT: Final = 56
 PAD_RIGHT: Final = 16
-PAD_TOP: Final = 16
+PAD_TOP: Final = 20
 PAD_BOTTOM: Final = 40
 COLOURS: Final = ("#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#64748b")
 MINUTE_FORMAT: Final = "%Y-%m-%d %H:%M"
@@ -79,10 +79,10 @@ def time_chart(
         for point in coords.split():  # a dot a minute: a single minute is visible too
             cx, cy = point.split(",")
             parts.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
-        lx = PAD_LEFT + c * 110
+        lx = PAD_LEFT + c * 92
         parts.append(f'<rect x="{lx}" y="{HEIGHT - 14}" width="10" height="10" fill="{colour}"/>')
         parts.append(f'<text x="{lx + 14}" y="{HEIGHT - 5}" font-size="11">{escape(kind)}</text>')
-    parts.append(f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 5}" font-size="11" text-anchor="end"'
+    parts.append(f'<text x="{WIDTH - PAD_RIGHT}" y="{PAD_TOP - 4}" font-size="11" text-anchor="end"'
                  f' fill="#6b7280">UTC, per minute, {axis[0][:10]}</text></svg>')  # fmt: skip
     return Markup("".join(parts))
 

@@ -57,7 +57,7 @@ async def add_suppressions() -> dict[str, Any]:
     reason = body.get("reason", "manual") if isinstance(body, dict) else None
     if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_ADD:
         raise ApiError(400, f"emails must be a list of 1 to {MAX_ADD} addresses")
-    if reason not in SUPPRESSION_REASONS:
+    if not isinstance(reason, str) or reason not in SUPPRESSION_REASONS:
         raise ApiError(400, f"reason must be one of {', '.join(sorted(SUPPRESSION_REASONS))}")
     svc = pipeline()
     addresses = []

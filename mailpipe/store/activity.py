@@ -9,8 +9,9 @@ newest ones (by their time index), errors from the partial index of FAILED rows.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from mailpipe.model import Suppression
@@ -21,8 +22,8 @@ from mailpipe.timeutil import from_db, to_db
 
 ACTIVITY_MINUTES: Final = 60
 """The charts' window: the hour up to the latest send (a point a minute)."""
-ACTIVITY_MAX_RESULTS: Final = 200_000
-"""Results read for one chart at most (newest first): ~0.1 s on either store."""
+ACTIVITY_MAX_RESULTS: Final = 100_000
+"""Results read for one chart at most (the newest): a bounded join, ~0.1 s."""
 MAX_ERRORS: Final = 10
 """The commonest errors shown."""
 MAX_FAILED_READ: Final = 100_000
@@ -31,9 +32,9 @@ MAX_FAILED_READ: Final = 100_000
 _TOPICS: Final = "SELECT topic_id, status, n FROM topic_counts"
 _RESULT_TOTALS: Final = "SELECT topic_id, status, n FROM topic_result_counts"
 _SENT_END: Final = "SELECT max(updated_at) FROM email_requests WHERE status = 2{topic}"
-_SENT: Final = (
-    "SELECT substr(updated_at, 1, 16) AS m, 'sent', count(*) FROM email_requests"
-    " WHERE status = 2{topic} AND updated_at >= ? GROUP BY m ORDER BY m"
+_SENT_IN: Final = (
+    "SELECT count(*) FROM email_requests WHERE status = 2{topic} AND updated_at >= ?"
+    " AND updated_at < ?"
 )
 _RESULTS: Final = (
     "SELECT substr(r.created_at, 1, 16) AS m, r.status, count(*) FROM ("
@@ -70,15 +71,35 @@ def topic_list(conn: sqlite3.Connection, limit: int) -> list[tuple[str, TopicSta
 
 def window_start(end: datetime | None, now: datetime) -> datetime:
     """The start of the window ending at the latest send ``end`` (now when none)."""
-    return (end or now) - timedelta(minutes=ACTIVITY_MINUTES)
+    return minutes(end, now)[0]
+
+
+def minutes(end: datetime | None, now: datetime) -> list[datetime]:
+    """The ``ACTIVITY_MINUTES + 1`` minute boundaries of the window: whole minutes,
+    the last one after the latest send ``end`` (now when none)."""
+    last = (end or now).astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return [last - timedelta(minutes=ACTIVITY_MINUTES - i) for i in range(ACTIVITY_MINUTES + 1)]
+
+
+def minute_label(moment: datetime) -> str:
+    """``YYYY-MM-DD HH:MM`` (UTC)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def activity(conn: sqlite3.Connection, topic_id: str | None, now: datetime) -> Activity:
     """The :class:`Activity` of ``topic_id`` (every topic's sends when None)."""
     where, args = (" AND topic_id = ?", (topic_id,)) if topic_id is not None else ("", ())
     (end,) = conn.execute(_SENT_END.format(topic=where), args).fetchone()
-    since = to_db(window_start(from_db(end) if end else None, now))
-    sent = conn.execute(_SENT.format(topic=where), (*args, since)).fetchall()
+    bounds = minutes(from_db(end) if end else None, now)
+    since = to_db(bounds[0])
+    # A count per minute walks the covering index range by range: no sort, no
+    # function per row (a GROUP BY over 1,000,000 rows takes ~1 s; this ~0.15 s).
+    count = _SENT_IN.format(topic=where)
+    sent = []
+    for low, high in itertools.pairwise(bounds):
+        (n,) = conn.execute(count, (*args, to_db(low), to_db(high))).fetchone()
+        if n:
+            sent.append((minute_label(low), "sent", n))
     if topic_id is None:
         return Activity(sent, [], [], capped=False)
     results = conn.execute(_RESULTS, (since, ACTIVITY_MAX_RESULTS, topic_id)).fetchall()

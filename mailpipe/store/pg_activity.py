@@ -6,6 +6,7 @@ partial indexes of SENT and FAILED rows by topic and the index of results by tim
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Final
 
@@ -16,7 +17,8 @@ from mailpipe.store.activity import (
     MAX_ERRORS,
     MAX_FAILED_READ,
     like_pattern,
-    window_start,
+    minute_label,
+    minutes,
 )
 from mailpipe.store.base import Activity, TopicStats
 from mailpipe.store.feedback import SUPPRESSION_COLUMNS, suppression_of_row
@@ -35,9 +37,9 @@ _TOPICS: Final = (
 )
 _MINUTE: Final = "to_char(date_trunc('minute', {col} AT TIME ZONE 'UTC'), 'YYYY-MM-DD HH24:MI')"
 _SENT_END: Final = "SELECT max(updated_at) FROM email_requests WHERE status = 2{topic}"
-_SENT: Final = (
-    f"SELECT {_MINUTE.format(col='updated_at')} AS m, 'sent', count(*) FROM email_requests"
-    " WHERE status = 2{topic} AND updated_at >= %s GROUP BY m ORDER BY m"
+_SENT_IN: Final = (
+    "SELECT count(*) FROM email_requests WHERE status = 2{topic} AND updated_at >= %s"
+    " AND updated_at < %s"
 )
 _RESULTS: Final = (
     f"SELECT {_MINUTE.format(col='r.created_at')} AS m, r.status, count(*) FROM ("
@@ -78,8 +80,14 @@ def activity(conn: Conn, topic_id: str | None, now: datetime) -> Activity:
     """The :class:`Activity` of ``topic_id`` (every topic's sends when None)."""
     where, args = (" AND topic_id = %s", (topic_id,)) if topic_id is not None else ("", ())
     row = conn.execute(_SENT_END.format(topic=where), args).fetchone()
-    since = window_start(row[0] if row else None, now)
-    sent = [tuple(r) for r in conn.execute(_SENT.format(topic=where), (*args, since))]
+    bounds = minutes(row[0] if row else None, now)
+    since = bounds[0]
+    count = _SENT_IN.format(topic=where)  # a count per minute: index-only range scans
+    sent = []
+    for low, high in itertools.pairwise(bounds):
+        found = conn.execute(count, (*args, low, high)).fetchone()
+        if found and found[0]:
+            sent.append((minute_label(low), "sent", int(found[0])))
     if topic_id is None:
         return Activity(sent, [], [], capped=False)
     results = [tuple(r) for r in conn.execute(_RESULTS, (since, ACTIVITY_MAX_RESULTS, topic_id))]

@@ -226,11 +226,12 @@ MIGRATIONS: Final[dict[int, str]] = {
         FOR EACH ROW EXECUTE FUNCTION mailpipe_count_result();
     """,
     # The dashboard's charts read bounded windows through indexes: SENT rows by
-    # (topic, time) for sends per minute, FAILED rows by topic for the commonest
-    # errors (partial: a claim or a stop does not touch them), results by time.
+    # (topic, time) for sends per minute (with status: covering), FAILED rows by
+    # topic for the commonest errors (partial: a claim or a stop does not touch
+    # them), results by time.
     4: """
     CREATE INDEX idx_email_requests_topic_sent
-        ON email_requests(topic_id, updated_at) WHERE status = 2;
+        ON email_requests(topic_id, updated_at, status) WHERE status = 2;
     CREATE INDEX idx_email_requests_topic_failed
         ON email_requests(topic_id, error) WHERE status = 3;
     CREATE INDEX idx_email_results_created_at ON email_results(created_at);
