@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from mailpipe.cli.client import Client, CliError, resolve_target
+from mailpipe.cli.client import DEFAULT_URL, Client, CliError, resolve_target
 from mailpipe.cli.rows import ListError, read_rows
 from mailpipe.cli.send import Message, Totals, send_list
 from mailpipe.cli.watch import figures, line, watch
@@ -53,7 +53,7 @@ def connected(ctx: click.Context) -> Iterator[Client]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", help="The service's URL (default MAILPIPE_URL, else http://127.0.0.1:8080).")
+@click.option("--url", help=f"The service's URL (default MAILPIPE_URL, else {DEFAULT_URL}).")
 @click.option("--key", help="The API key (default MAILPIPE_API_KEY, else ./data/api_key).")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, key: str | None) -> None:

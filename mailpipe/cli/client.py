@@ -9,7 +9,10 @@ from typing import Any, Final
 
 import httpx
 
-DEFAULT_URL: Final = "http://127.0.0.1:8080"
+from mailpipe.config import Config
+
+DEFAULT_URL: Final = f"http://127.0.0.1:{Config().server_port}"
+"""The service's default ``SERVER_PORT`` on this machine."""
 KEY_FILE: Final = Path("data") / "api_key"
 """The key the service generated on this machine (``DB_PATH``'s directory by default)."""
 TIMEOUT_S: Final = 120.0
