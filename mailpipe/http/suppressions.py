@@ -5,6 +5,7 @@ Addresses are compared lower-cased (see ``mailpipe.store.feedback``).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 from quart import Blueprint, request
@@ -52,7 +53,11 @@ async def list_suppressions() -> dict[str, Any]:
 async def add_suppressions() -> dict[str, Any]:
     """Suppress ``{"emails": [...], "reason": str}`` (at most ``MAX_ADD`` addresses, all
     valid or none stored); ``added`` counts those not suppressed before."""
-    body = await request.get_json(force=True, silent=True)
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    try:
+        body = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        raise ApiError(400, "the body must be a JSON object") from None
     emails = body.get("emails") if isinstance(body, dict) else None
     reason = body.get("reason", "manual") if isinstance(body, dict) else None
     if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_ADD:
