@@ -78,6 +78,8 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     max_attempts: int = 5
     pause_probe_s: float = 60.0
+    dashboard_refresh_s: float = 5.0
+    """How often a dashboard page reloads itself while its topic has pending requests."""
     sns_topic_arns: frozenset[str] = frozenset()
     sns_cert_cache_dir: Path = _DB_PATH.parent / "sns-certs"
     tracking_secret: str | None = None
@@ -192,9 +194,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         database_url=parse("DATABASE_URL", _postgres_url, d.database_url),
         lease_s=parse("LEASE_S", _float_range(2.0, 3600.0), d.lease_s),
         email_rate=rate,
-        max_concurrent=parse(
-            "MAX_CONCURRENT", _int_range(1, 10_000), default_max_concurrent(rate)
-        ),
+        max_concurrent=parse("MAX_CONCURRENT", _int_range(1, 10_000), default_max_concurrent(rate)),
         email_sender=sender,
         aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or d.aws_region,
         ses_config_set=get("SES_CONFIG_SET"),
@@ -210,6 +210,9 @@ def _from_env(env: Mapping[str, str]) -> Config:
         max_body_bytes=parse("MAX_BODY_BYTES", _int_range(1024, 1 << 31), d.max_body_bytes),
         max_attempts=parse("MAX_ATTEMPTS", _int_range(1, 100), d.max_attempts),
         pause_probe_s=parse("PAUSE_PROBE_S", _positive_float, d.pause_probe_s),
+        dashboard_refresh_s=parse(
+            "DASHBOARD_REFRESH_S", _float_range(1.0, 3600.0), d.dashboard_refresh_s
+        ),
         sns_topic_arns=frozenset(
             arn.strip() for arn in (get("SNS_TOPIC_ARNS") or "").split(",") if arn.strip()
         ),
@@ -257,6 +260,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         sqs_wait_s=parse("SQS_WAIT_S", _int_range(0, 20), d.sqs_wait_s),
         feedback_sender_id=get("FEEDBACK_SENDER_ID"),
     )
+
 
 def _choose_transport(
     explicit: str | None, sender: str | None, env: Mapping[str, str]

@@ -1,27 +1,27 @@
 """Exceptions raised by mailpipe.
 
-    MailpipeError
-     ├── ConfigError            a setting is missing or invalid
-     ├── StoreError             the database failed or is away
-     │    └── StoreInUse         another mailpipe holds this SQLite database
-     ├── LeaseLost              another instance took this instance's claims over
-     ├── RequestInvalid         a send request that cannot be accepted as it is
-     │    └── RequestTooLarge    ... because of its size
-     ├── InvalidAddress         not an email address SES can send to
-     ├── TemplateError          a template cannot be compiled or rendered
-     ├── LimitExceeded          a render went over one of its bounds
-     ├── KeyReused              an Idempotency-Key came back with another body
-     ├── FeedbackError          a text that is not an SES feedback record
-     │    └── TooManyRecipients  an SES record naming more recipients than SES does
-     ├── SnsRejected            an SNS message that is not verifiably from SNS
-     ├── CertUnavailable        an SNS signing certificate cannot be had now
-     │    └── CertNotFound       ... because SNS says it does not exist
-     ├── ApiError               an HTTP answer a handler gives (it has a status)
-     └── SendError              a transport could not hand a message to SES
-          ├── Throttled          SES refused for rate: retry later, slow down
-          ├── TransientSendError temporary failure: retry with backoff
-          ├── PermanentSendError this message will never be accepted
-          └── SendingPaused      the account cannot send at all right now
+MailpipeError
+ ├── ConfigError            a setting is missing or invalid
+ ├── StoreError             the database failed or is away
+ │    └── StoreInUse         another mailpipe holds this SQLite database
+ ├── LeaseLost              another instance took this instance's claims over
+ ├── RequestInvalid         a send request that cannot be accepted as it is
+ │    └── RequestTooLarge    ... because of its size
+ ├── InvalidAddress         not an email address SES can send to
+ ├── TemplateError          a template cannot be compiled or rendered
+ ├── LimitExceeded          a render went over one of its bounds
+ ├── KeyReused              an Idempotency-Key came back with another body
+ ├── FeedbackError          a text that is not an SES feedback record
+ │    └── TooManyRecipients  an SES record naming more recipients than SES does
+ ├── SnsRejected            an SNS message that is not verifiably from SNS
+ ├── CertUnavailable        an SNS signing certificate cannot be had now
+ │    └── CertNotFound       ... because SNS says it does not exist
+ ├── ApiError               an HTTP answer a handler gives (it has a status)
+ └── SendError              a transport could not hand a message to SES
+      ├── Throttled          SES refused for rate: retry later, slow down
+      ├── TransientSendError temporary failure: retry with backoff
+      ├── PermanentSendError this message will never be accepted
+      └── SendingPaused      the account cannot send at all right now
 """
 
 from __future__ import annotations

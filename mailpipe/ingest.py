@@ -152,9 +152,7 @@ def _has_lone_surrogate(doc: Any) -> bool:
     return False
 
 
-def _message(
-    i: int, item: Any, validator: AddressValidator, check: _TemplateCheck
-) -> NewMessage:
+def _message(i: int, item: Any, validator: AddressValidator, check: _TemplateCheck) -> NewMessage:
     where = f"messages[{i}]"
     if not isinstance(item, dict):
         raise RequestInvalid(f"{where} must be an object")

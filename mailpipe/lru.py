@@ -52,8 +52,7 @@ class BoundedCache(Generic[K, V]):
         self._data[key] = value  # replaced in place: a reader never misses the key
         self._data.move_to_end(key)
         while len(self._data) > self._max_items or (
-            self._max_weight is not None and self._weight > self._max_weight
-            and len(self._data) > 1
+            self._max_weight is not None and self._weight > self._max_weight and len(self._data) > 1
         ):
             _, dropped = self._data.popitem(last=False)
             if self._weigh is not None:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8
 
+
 def _load_glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

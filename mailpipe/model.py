@@ -13,7 +13,8 @@ from typing import Any, Final
 
 from mailpipe.status import Status
 
-SUPPRESSION_REASONS: Final = frozenset({"bounce", "complaint", "unsubscribe"})
+SUPPRESSION_REASONS: Final = frozenset({"bounce", "complaint", "unsubscribe", "manual"})
+"""Why an address is suppressed; ``manual``: added by hand (``POST /v1/suppressions``)."""
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,10 @@ async def run_service(
             config.api_key, config.data_dir / "api_key", 24, "api_key", store.cluster
         )
         tracking = await resolve_secret(
-            config.tracking_secret, config.data_dir / "tracking_secret", 32, "tracking_secret",
+            config.tracking_secret,
+            config.data_dir / "tracking_secret",
+            32,
+            "tracking_secret",
             store.cluster,
         )
         poster = HttpPoster(
@@ -411,10 +414,15 @@ async def _supervise(
             await pipeline.start(svc.recorder.run)
             await pipeline.start(svc.pool.run)
             await pipeline.start(svc.scheduler.run)
-            await background.start(partial(
-                run_pause_probe, svc.gate, svc.transport, svc.config.pause_probe_s,
-                svc.scheduler.nudge,
-            ))
+            await background.start(
+                partial(
+                    run_pause_probe,
+                    svc.gate,
+                    svc.transport,
+                    svc.config.pause_probe_s,
+                    svc.scheduler.nudge,
+                )
+            )
             await background.start(Reporter(svc.metrics, svc.scheduler.backlog).run)
             if svc.dispatcher is not None:
                 await background.start(svc.dispatcher.run)

@@ -1,9 +1,9 @@
 """Request status codes (the Go service's numbers); how a request moves between them:
 
-    CREATED ──claim──► PROCESSING ──► SENT
-       ▲  │                │  └─────► FAILED
-       │  │                └─requeue─► CREATED (shutdown, crash, retry later)
-       │  └──stop──► STOPPED ◄──stop── PROCESSING (not yet handed to SES)
+CREATED ──claim──► PROCESSING ──► SENT
+   ▲  │                │  └─────► FAILED
+   │  │                └─requeue─► CREATED (shutdown, crash, retry later)
+   │  └──stop──► STOPPED ◄──stop── PROCESSING (not yet handed to SES)
 """
 
 from __future__ import annotations

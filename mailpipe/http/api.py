@@ -48,12 +48,16 @@ async def post_messages() -> Response | dict[str, Any]:
 
     With an ``Idempotency-Key`` header, a repeat of the same body within 24 h
     answers the first response again and stores nothing; another body is a 409.
+    With ``?dryRun=true`` the body is validated in full and nothing is stored.
     """
     started = time.perf_counter()
     svc = pipeline()
     body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     assert isinstance(body, bytes)
-    key = await _idempotency_key(body, started)
+    dry_run = request.args.get("dryRun", "false")
+    if dry_run not in ("true", "false"):
+        raise ApiError(400, f"dryRun must be true or false, not {dry_run[:20]!r}")
+    key = None if dry_run == "true" else await _idempotency_key(body, started)
     if key is not None:
         earlier = await svc.store.idempotent_answer(key, utcnow())
         if earlier is not None:
@@ -66,6 +70,9 @@ async def post_messages() -> Response | dict[str, Any]:
     )
     # RequestInvalid (400/413) and KeyReused (409) are answered by error_response().
     messages = await run_stoppable(validate, cancelled, svc.cpu_limiter)
+    if dry_run == "true":
+        count = sum(len(m.emails) for m in messages)
+        return {**_accepted(count, started), "dryRun": True}
     result = await svc.accept(messages, key)
     if result.replayed:  # an identical request won the race while this one was validated
         assert result.answer is not None

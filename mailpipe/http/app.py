@@ -100,7 +100,16 @@ def require_key(handler: F) -> F:
 
 def create_app(svc: Pipeline) -> QuartTrio:
     """The app serving ``svc``'s API."""
-    from mailpipe.http import api, docs, events, probes, reputation, suppressions, webhooks
+    from mailpipe.http import (
+        api,
+        dashboard,
+        docs,
+        events,
+        probes,
+        reputation,
+        suppressions,
+        webhooks,
+    )
 
     app = QuartTrio("mailpipe")
     app.config["MAX_CONTENT_LENGTH"] = svc.config.max_body_bytes
@@ -116,6 +125,7 @@ def create_app(svc: Pipeline) -> QuartTrio:
     app.register_blueprint(events.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(dashboard.bp)
     # Every early answer (401, 404, 405, 413, ...) drains or closes its connection.
     app.asgi_app = cast(Any, DrainUnreadBody(app.asgi_app))  # type: ignore[method-assign]
 

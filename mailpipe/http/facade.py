@@ -39,6 +39,7 @@ class Pipeline(Protocol):
     @property
     def sns_get(self) -> Callable[[str], bytes]:
         """GETs SNS certificates and SubscribeURLs (blocking: run it in a thread)."""
+
     addresses: AddressValidator
     cpu_limiter: trio.CapacityLimiter
     """Bounds CPU-heavy request work (validation) run in threads."""

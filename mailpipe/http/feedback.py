@@ -118,9 +118,7 @@ async def _notification(svc: Pipeline, msg: SnsMessage) -> dict[str, Any]:
             event = await trio.to_thread.run_sync(parse_ses_event, text)
     except TooManyRecipients as exc:
         # 400, not 5xx: SNS does not retry it, and it is never stored in part.
-        log.warning(
-            "SNS notification %s on %s refused: %s", msg["MessageId"], msg["TopicArn"], exc
-        )
+        log.warning("SNS notification %s on %s refused: %s", msg["MessageId"], msg["TopicArn"], exc)
         raise ApiError(
             400, f"SES record names {exc.count} recipients; at most {MAX_RECIPIENTS} are accepted"
         ) from None
@@ -225,9 +223,11 @@ class SnsFastPath:
         except Exception as exc:
             status, answer, extra = error_response(exc, f"POST {self.PATH}")
         payload = json.dumps(answer).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(payload)).encode()),
-                   *((k.lower().encode(), v.encode()) for k, v in extra.items())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in extra.items()),
+        ]
         if status in (408, 413):  # the body was not read to the end
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})

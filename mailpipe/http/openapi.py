@@ -177,6 +177,7 @@ SCHEMAS: Final[Json] = {
         ["count", "elapsed"],
         count=_int(description="Requests stored (one per distinct recipient)"),
         elapsed={"type": "string", "description": "Server time taken, Go duration syntax"},
+        dryRun={"type": "boolean", "description": "`true`: validated only, nothing stored"},
     ),
     "TopicStats": _obj(
         ["request", "result"],
@@ -319,10 +320,18 @@ MESSAGES: Final[Json] = {
             "Validates the whole body and stores every recipient in one transaction "
             "before answering; any invalid part is a 4xx and nothing is stored. "
             "With `Idempotency-Key`, a repeat of the same body within 24 h answers the "
-            "first response again (header `Idempotent-Replayed: true`) and stores nothing."
+            "first response again (header `Idempotent-Replayed: true`) and stores nothing. "
+            "With `dryRun=true` the body is validated in full and nothing is stored."
         ),
         "security": KEYED,
         "parameters": [
+            {
+                "name": "dryRun",
+                "in": "query",
+                "required": False,
+                "description": "`true`: validate only (the Idempotency-Key is then ignored)",
+                "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+            },
             {
                 "name": "Idempotency-Key",
                 "in": "header",
@@ -334,7 +343,7 @@ MESSAGES: Final[Json] = {
                     "maxLength": 255,
                     "pattern": "^[\\x20-\\x7e]+$",
                 },
-            }
+            },
         ],
         "requestBody": {
             "required": True,
@@ -490,7 +499,41 @@ SUPPRESSIONS: Final[Json] = {
             "400": _error("`limit` or `cursor` out of range"),
             "401": UNAUTHORIZED,
         },
-    }
+    },
+    "post": {
+        "summary": "Suppress addresses by hand",
+        "description": (
+            "Adds 1 to 1,000 addresses, all valid or none (a 400 naming the first bad one); "
+            "`added` counts those not suppressed before."
+        ),
+        "security": KEYED,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": _obj(
+                        ["emails"],
+                        emails={
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 1000,
+                            "items": {"type": "string"},
+                        },
+                        reason={
+                            "type": "string",
+                            "default": "manual",
+                            "enum": ["manual", "bounce", "complaint", "unsubscribe"],
+                        },
+                    )
+                }
+            },
+        },
+        "responses": {
+            "200": _json("Suppressed", _obj(["added"], added=_int())),
+            "400": _error("Not a list of 1 to 1,000 valid addresses, or an unknown reason"),
+            "401": UNAUTHORIZED,
+        },
+    },
 }
 
 SUPPRESSION: Final[Json] = {

@@ -19,6 +19,7 @@ bp = Blueprint("reputation", __name__)
 
 MAX_REASON: Final = 500
 """Characters a user's pause reason may have."""
+DEFAULT_REASON: Final = "paused by hand"
 
 
 def reputation_json(svc: Pipeline, figures: Figures) -> dict[str, Any]:
@@ -64,14 +65,19 @@ async def pause_topic(topic_id: str) -> dict[str, Any]:
 def _reason(raw: bytes | str) -> str:
     """The ``reason`` of a pause body (empty body: a default); ApiError if malformed."""
     if not raw:
-        return "paused by hand"
+        return DEFAULT_REASON
     try:
         body = json.loads(raw)
     except ValueError:
         body = None
     if not isinstance(body, dict):
         raise ApiError(400, 'body must be a JSON object such as {"reason": "..."}')
-    reason = body.get("reason", "paused by hand")
+    return check_reason(body.get("reason", DEFAULT_REASON))
+
+
+def check_reason(reason: object) -> str:
+    """A user's pause reason as given; ApiError (400) unless it is 1 to
+    ``MAX_REASON`` characters, none a control."""
     if (
         not isinstance(reason, str)
         or not 1 <= len(reason) <= MAX_REASON
@@ -98,7 +104,7 @@ async def resume_topic(topic_id: str) -> dict[str, Any]:
 async def account() -> dict[str, Any]:
     """The account: SES quota and standing, the stored pause, the window's figures."""
     svc = pipeline()
-    return await _account_answer(svc)
+    return await account_json(svc)
 
 
 @bp.post("/v1/account/resume")
@@ -107,10 +113,11 @@ async def resume_account() -> dict[str, Any]:
     """Lift the account's pause: sending continues."""
     svc = pipeline()
     await svc.resume_account()
-    return await _account_answer(svc)
+    return await account_json(svc)
 
 
-async def _account_answer(svc: Pipeline) -> dict[str, Any]:
+async def account_json(svc: Pipeline) -> dict[str, Any]:
+    """``GET /v1/account``'s answer (the dashboard shows the same)."""
     state = await svc.account_state()
     quota = None
     if state.max_24_hour_send is not None or state.max_send_rate is not None:

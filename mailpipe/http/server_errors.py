@@ -51,9 +51,7 @@ def install_json_error_bodies() -> None:
     original = getattr(H11Protocol, "_send_error_response", None)
     if original is _send_json_error:
         return
-    if original is None or list(inspect.signature(original).parameters) != [
-        "self", "status_code"
-    ]:
+    if original is None or list(inspect.signature(original).parameters) != ["self", "status_code"]:
         log.warning("hypercorn's error answers are not the expected kind: left as they are")
         return
     H11Protocol._send_error_response = _send_json_error  # type: ignore[method-assign]

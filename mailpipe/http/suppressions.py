@@ -1,17 +1,18 @@
-"""The keyed suppression-list API: list, look up and lift suppressions.
+"""The keyed suppression-list API: list, look up, add and lift suppressions.
 
 Addresses are compared lower-cased (see ``mailpipe.store.feedback``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 from quart import Blueprint, request
 
-from mailpipe.errors import ApiError
+from mailpipe.errors import ApiError, InvalidAddress
 from mailpipe.http.app import pipeline, require_key
-from mailpipe.model import Suppression
+from mailpipe.model import SUPPRESSION_REASONS, Suppression
 from mailpipe.timeutil import to_json
 
 bp = Blueprint("suppressions", __name__)
@@ -19,6 +20,8 @@ bp = Blueprint("suppressions", __name__)
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 MAX_ADDRESS: Final = 320
+MAX_ADD: Final = 1000
+"""Addresses one ``POST /v1/suppressions`` may name (each is one store write)."""
 
 
 def suppression_json(s: Suppression) -> dict[str, Any]:
@@ -43,6 +46,38 @@ async def list_suppressions() -> dict[str, Any]:
         "suppressions": [suppression_json(s) for s in page],
         "nextCursor": str(next_cursor) if next_cursor is not None else None,
     }
+
+
+@bp.post("/v1/suppressions")
+@require_key
+async def add_suppressions() -> dict[str, Any]:
+    """Suppress ``{"emails": [...], "reason": str}`` (at most ``MAX_ADD`` addresses, all
+    valid or none stored); ``added`` counts those not suppressed before."""
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    try:
+        body = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        raise ApiError(400, "the body must be a JSON object") from None
+    emails = body.get("emails") if isinstance(body, dict) else None
+    reason = body.get("reason", "manual") if isinstance(body, dict) else None
+    if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_ADD:
+        raise ApiError(400, f"emails must be a list of 1 to {MAX_ADD} addresses")
+    if not isinstance(reason, str) or reason not in SUPPRESSION_REASONS:
+        raise ApiError(400, f"reason must be one of {', '.join(sorted(SUPPRESSION_REASONS))}")
+    svc = pipeline()
+    addresses = []
+    for i, email in enumerate(emails):
+        if not isinstance(email, str):
+            raise ApiError(400, f"emails[{i}] must be a string")
+        try:
+            addresses.append(svc.addresses.normalize(email))
+        except InvalidAddress as exc:
+            raise ApiError(400, f"emails[{i}]: {exc}") from None
+    added = 0
+    for address in addresses:
+        added += await svc.store.add_suppression(address, reason, "api")
+    svc.suppressed((address, reason) for address in addresses)
+    return {"added": added}
 
 
 @bp.get("/v1/suppressions/<path:email>")

@@ -81,7 +81,8 @@ class ClusterSync:
                 log.critical(
                     "instance %s: its claimed rows were taken over by another instance after"
                     " %.0fs without a heartbeat; ending so they are not sent twice",
-                    self._cluster.instance_id, trio.current_time() - self._last_beat,
+                    self._cluster.instance_id,
+                    trio.current_time() - self._last_beat,
                 )
                 raise
             except StoreError as exc:
@@ -111,7 +112,8 @@ class ClusterSync:
         if recovered.stopped or recovered.requeued:
             log.warning(
                 "took back the rows of lapsed instances: %d re-queued, %d stopped",
-                recovered.requeued, recovered.stopped,
+                recovered.requeued,
+                recovered.stopped,
             )
             self._scheduler.nudge()
 

@@ -211,8 +211,8 @@ class RateLimiter:
         later (pushed back behind a late call) as well as earlier ones."""
         # Calls that no window of a future start can see are forgotten.
         now = self._clock()
-        del self._window[:bisect.bisect_right(self._window, (now - self._span, math.inf))]
-        del self._free[:bisect.bisect_right(self._free, (now - self._span - FREE_SLACK, math.inf))]
+        del self._window[: bisect.bisect_right(self._window, (now - self._span, math.inf))]
+        del self._free[: bisect.bisect_right(self._free, (now - self._span - FREE_SLACK, math.inf))]
         if self._fits(start, k):
             return start
         # A start that does not fit becomes possible only when some call
@@ -276,11 +276,14 @@ class RateLimiter:
         self.rate = min(self.target, max(self.min_rate, float(state["rate"])))
         self._next = -math.inf if state["next"] is None else float(state["next"])
         base = float(state["base"])
-        self._window = [(base + t * STATE_TICK, int(k))
-                        for t, k in zip(state["t"], state["k"], strict=True)]
+        self._window = [
+            (base + t * STATE_TICK, int(k)) for t, k in zip(state["t"], state["k"], strict=True)
+        ]
         # (A state written before free calls existed has none.)
-        self._free = [(base + t * STATE_TICK, int(k))
-                      for t, k in zip(state.get("ft", ()), state.get("fk", ()), strict=True)]
+        self._free = [
+            (base + t * STATE_TICK, int(k))
+            for t, k in zip(state.get("ft", ()), state.get("fk", ()), strict=True)
+        ]
         self._last_cut = -math.inf if state["last_cut"] is None else float(state["last_cut"])
 
     # -- AIMD -------------------------------------------------------------

@@ -96,8 +96,9 @@ class Metrics:
 
     def identify(self, instance: str, store: str) -> None:
         """Name this process in ``mailpipe_instance_info`` (one series per instance)."""
-        Info("mailpipe_instance", "The instance these figures are of", registry=self.registry
-             ).info({"instance": instance, "store": store})
+        Info("mailpipe_instance", "The instance these figures are of", registry=self.registry).info(
+            {"instance": instance, "store": store}
+        )
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

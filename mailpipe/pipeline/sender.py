@@ -221,8 +221,9 @@ class SenderPool:
                 # The shared rate lives in the database, and it is away: nothing
                 # was reserved, so nothing may leave. The jobs wait and try again.
                 delay = 2 * self._retry.throttle_delay
-                log.warning("no permit for %d requests (%s); retrying in %gs",
-                            len(batch), exc, delay)
+                log.warning(
+                    "no permit for %d requests (%s); retrying in %gs", len(batch), exc, delay
+                )
                 self._later(batch, delay, count=False)
                 return
             start = trio.current_time() if permit is None else permit.start
@@ -240,13 +241,17 @@ class SenderPool:
             if live:
                 if len(live) < len(batch):
                     kept = {job.request_id for job in live}
-                    composed = [c for job, c in zip(batch, composed, strict=True)
-                                if job.request_id in kept]
+                    composed = [
+                        c for job, c in zip(batch, composed, strict=True) if job.request_id in kept
+                    ]
                 for job in live:
                     self._handed.add(job)
                 release = (
-                    Release(time.perf_counter() + (start - trio.current_time()),
-                            permit.report_late, permit.slack)
+                    Release(
+                        time.perf_counter() + (start - trio.current_time()),
+                        permit.report_late,
+                        permit.slack,
+                    )
                     if self._lead and permit is not None
                     else None
                 )
@@ -262,8 +267,7 @@ class SenderPool:
         nothing fails); the scheduler claims them again after the resume."""
         if not self.gate.paused:
             return False
-        await self._emit([Outcome(j.request_id, Status.CREATED, attempts=j.attempt)
-                          for j in batch])
+        await self._emit([Outcome(j.request_id, Status.CREATED, attempts=j.attempt) for j in batch])
         return True
 
     def _withheld(self, job: Job) -> str | None:
@@ -421,5 +425,3 @@ class SenderPool:
         with trio.CancelScope(shield=True):
             for outcome in outcomes:
                 await self._outcomes.send(outcome)
-
-

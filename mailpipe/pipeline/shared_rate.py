@@ -134,8 +134,9 @@ class SharedRateLimiter:
         throttled, self._throttled = self._throttled, False
         try:
             starts, offset = await self._cluster.rate_transaction(
-                lambda state, db_now: self._reserve(state, db_now, wanted, late,
-                                                    succeeded, throttled)
+                lambda state, db_now: self._reserve(
+                    state, db_now, wanted, late, succeeded, throttled
+                )
             )
         except BaseException as exc:
             # Nothing was reserved, and the reports wait for the next reservation.

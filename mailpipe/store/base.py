@@ -51,6 +51,20 @@ class TopicStats:
 
 
 @dataclass(frozen=True)
+class Activity:
+    """What happened over a bounded window (``ACTIVITY_MINUTES`` up to the latest
+    send): counts per ``(minute, kind)``, minutes as ``YYYY-MM-DD HH:MM`` UTC. ``sent``
+    has kind ``sent``; ``results`` one kind per SES event type, read from at most
+    ``ACTIVITY_MAX_RESULTS`` newest results (``capped`` when there were more);
+    ``errors`` the commonest errors of failed requests, with counts."""
+
+    sent: list[tuple[str, str, int]]
+    results: list[tuple[str, str, int]]
+    errors: list[tuple[str, int]]
+    capped: bool
+
+
+@dataclass(frozen=True)
 class ClusterEvent:
     """A change one instance made that the others must apply to what they hold.
 
@@ -194,6 +208,16 @@ class Store(Protocol):
         """The topic's requests per status and distinct requests per result type,
         from counters kept in the transactions that change the rows (a few rows
         read, however big the topic)."""
+
+    async def topic_list(self, limit: int) -> list[tuple[str, TopicStats]]:
+        """Up to ``limit`` topics with their counts (from the counters), largest first."""
+
+    async def activity(self, topic_id: str | None) -> Activity:
+        """The topic's recent :class:`Activity` (every topic's when None); indexed and
+        bounded: its cost does not grow with the topic's size past the window's."""
+
+    async def search_suppressions(self, text: str, limit: int) -> list[Suppression]:
+        """Up to ``limit`` suppressions whose address contains ``text``, newest first."""
 
     async def count_sent_since(self, since: datetime) -> int:
         """How many requests reached SENT at or after ``since``."""

@@ -61,9 +61,7 @@ def record_event_in_transaction(
     ).rowcount
     if not fresh:
         return FeedbackOutcome(duplicate=True)  # nothing written; the commit is empty
-    conn.execute(
-        "DELETE FROM sns_messages WHERE created_at < ?", (to_db(now - SNS_DEDUPE_KEEP),)
-    )
+    conn.execute("DELETE FROM sns_messages WHERE created_at < ?", (to_db(now - SNS_DEDUPE_KEEP),))
     matches = correlate(conn, event)
     rows = result_rows(matches)
     # A record that matches no request is stored with request_id NULL rather

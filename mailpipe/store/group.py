@@ -145,8 +145,8 @@ def _apply(
                 values.append(fn(conn))
             except Exception as exc:
                 conn.execute("ROLLBACK TO write")
-                slot.error = exc if isinstance(exc, MailpipeError) else StoreError(
-                    f"database error: {exc}"
+                slot.error = (
+                    exc if isinstance(exc, MailpipeError) else StoreError(f"database error: {exc}")
                 )
                 values.append(None)
             conn.execute("RELEASE write")

@@ -21,13 +21,15 @@ from mailpipe.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-STORAGE_FAULTS: Final = frozenset({
-    sqlite3.SQLITE_FULL,
-    sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_READONLY,
-    sqlite3.SQLITE_CANTOPEN,
-    sqlite3.SQLITE_PERM,
-})
+STORAGE_FAULTS: Final = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PERM,
+    }
+)
 """Primary result codes that are a fault of the disk or the file, not of the
 statement: they last until someone frees space or restores the directory."""
 FREE_BYTES_RECOVERED: Final = 4 * 1024 * 1024

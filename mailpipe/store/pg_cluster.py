@@ -271,8 +271,9 @@ class PgCluster:
                 pass
         except psycopg.Error as exc:
             if self._listener_ok:
-                log.warning("LISTEN %s failed (%s): polling for events until it is back",
-                            CHANNEL, exc)
+                log.warning(
+                    "LISTEN %s failed (%s): polling for events until it is back", CHANNEL, exc
+                )
             self._listener_ok = False
             self.close_listener()
             return False

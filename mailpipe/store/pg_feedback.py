@@ -162,8 +162,7 @@ def list_suppressions(
     """Up to ``limit`` suppressions, newest first, with ids below ``before``; and the
     next page's cursor (None on the last page)."""
     rows = conn.execute(
-        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions"
-        " WHERE id < %s ORDER BY id DESC LIMIT %s",
+        f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE id < %s ORDER BY id DESC LIMIT %s",
         (before if before is not None else 2**63 - 1, limit + 1),
     ).fetchall()
     return suppression_page(rows, limit)
@@ -214,8 +213,7 @@ def earlier_answer(conn: Conn, key: IdempotencyKey, now: datetime) -> dict[str, 
     """The answer remembered for ``key`` within 24 h, or None; raises
     :class:`~mailpipe.errors.KeyReused` when it came with another body."""
     row = conn.execute(
-        "SELECT body_sha256, response FROM idempotency_keys"
-        " WHERE key = %s AND created_at >= %s",
+        "SELECT body_sha256, response FROM idempotency_keys WHERE key = %s AND created_at >= %s",
         (key.key, now - KEEP),
     ).fetchone()
     return answer_of(key, row)

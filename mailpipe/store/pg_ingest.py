@@ -76,10 +76,12 @@ def request_copy_text(
             yield _address_lines(part, head, tail + "\\N\n")
         else:
             data = msg.data[start : start + COPY_CHUNK_ROWS]
-            yield "".join([
-                head + copy_field(e) + tail + copy_field(d) + "\n"
-                for e, d in zip(part, data, strict=True)
-            ])
+            yield "".join(
+                [
+                    head + copy_field(e) + tail + copy_field(d) + "\n"
+                    for e, d in zip(part, data, strict=True)
+                ]
+            )
 
 
 def _address_lines(emails: Sequence[str], head: str, end: str) -> str:

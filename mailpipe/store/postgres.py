@@ -42,9 +42,10 @@ from mailpipe.model import (
 )
 from mailpipe.status import Status
 from mailpipe.store import guard_sql as _guard
+from mailpipe.store import pg_activity as _activity
 from mailpipe.store import pg_feedback as _sql
 from mailpipe.store import webhooks as _webhooks
-from mailpipe.store.base import Cluster, TopicStats
+from mailpipe.store.base import Activity, Cluster, TopicStats
 from mailpipe.store.feedback import SNS_DEDUPE_KEEP
 from mailpipe.store.pg_cluster import PgCluster, publish_in, settle, stop_rows
 from mailpipe.store.pg_counts import TOPIC_STATS, fold_count_deltas
@@ -375,6 +376,20 @@ class PostgresStore:
     async def account_pause(self) -> Pause | None:
         """The account's stored pause, or None."""
         return await self._pool.run(_guard.account_pause)
+    # -- the dashboard's reads (SQL in mailpipe.store.pg_activity) -------------
+
+    async def topic_list(self, limit: int) -> list[tuple[str, TopicStats]]:
+        """Up to ``limit`` topics with their counts (counters and deltas), largest first."""
+        return await self._pool.run(lambda conn: _activity.topic_list(conn, limit))
+
+    async def activity(self, topic_id: str | None) -> Activity:
+        """The topic's recent activity (every topic's sends when None); bounded reads."""
+        now = utcnow()
+        return await self._pool.run(lambda conn: _activity.activity(conn, topic_id, now))
+
+    async def search_suppressions(self, text: str, limit: int) -> list[Suppression]:
+        """Up to ``limit`` suppressions whose address contains ``text``, newest first."""
+        return await self._pool.run(lambda conn: _activity.search_suppressions(conn, text, limit))
 
     # -- feedback, tracking, suppressions (SQL in mailpipe.store.pg_feedback) --
 
@@ -455,12 +470,8 @@ class PostgresStore:
         stops older than a week; fold the topic counters' deltas."""
 
         def txn(conn: Conn) -> None:
-            conn.execute(
-                "DELETE FROM cluster_events WHERE created_at < %s", (now - EVENTS_KEEP,)
-            )
-            conn.execute(
-                "DELETE FROM sns_messages WHERE created_at < %s", (now - SNS_DEDUPE_KEEP,)
-            )
+            conn.execute("DELETE FROM cluster_events WHERE created_at < %s", (now - EVENTS_KEEP,))
+            conn.execute("DELETE FROM sns_messages WHERE created_at < %s", (now - SNS_DEDUPE_KEEP,))
             conn.execute("DELETE FROM topic_stops WHERE created_at < %s", (now - STOPS_KEEP,))
 
         await self._pool.run(txn)

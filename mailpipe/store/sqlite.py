@@ -37,12 +37,13 @@ from mailpipe.model import (
     Suppression,
 )
 from mailpipe.status import Status
+from mailpipe.store import activity as _activity
 from mailpipe.store import feedback as _feedback
 from mailpipe.store import guard_sql as _guard
 from mailpipe.store import idempotency as _idempotency
 from mailpipe.store import tracking as _tracking
 from mailpipe.store import webhooks as _webhooks
-from mailpipe.store.base import Cluster, TopicStats
+from mailpipe.store.base import Activity, Cluster, TopicStats
 from mailpipe.store.feedback import transaction
 from mailpipe.store.group import GroupCommit
 from mailpipe.store.health import FileIdentity, WriteHealth
@@ -80,8 +81,7 @@ _CLAIM_SQL: Final = (
 _CLAIM: Final = _CLAIM_SQL.format(paused="")
 _CLAIM_PAUSED: Final = _CLAIM_SQL.format(paused=_guard.NOT_PAUSED)
 _STOP_SUPPRESSED: Final = (
-    f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ?"
-    " WHERE id = ?"
+    f"UPDATE email_requests SET status = {Status.STOPPED:d}, error = ?, updated_at = ? WHERE id = ?"
 )
 _NEXT_SCHEDULED: Final = (
     "SELECT MIN(scheduled_at) FROM email_requests"
@@ -155,10 +155,12 @@ def _stop_rows(
     """Move the topic's CREATED/PROCESSING rows with ids up to ``upto``, but not in
     ``exclude``, to STOPPED; how many."""
     # The ids go in as one JSON array: any number of them, one variable.
-    return int(conn.execute(
-        _STOP_TOPIC,
-        (to_db(now), topic_id, upto, json.dumps(list(exclude))),
-    ).rowcount)
+    return int(
+        conn.execute(
+            _STOP_TOPIC,
+            (to_db(now), topic_id, upto, json.dumps(list(exclude))),
+        ).rowcount
+    )
 
 
 @contextlib.contextmanager
@@ -269,7 +271,10 @@ class SqliteStore:
         self._r = _Conn(reader)
         self._checkpoint_failure: str | None = None
         self._group = GroupCommit(
-            self._w.run, inline=self._w.run_inline, inline_max=INLINE_BATCH, gather=GATHER_PASSES,
+            self._w.run,
+            inline=self._w.run_inline,
+            inline_max=INLINE_BATCH,
+            gather=GATHER_PASSES,
             failed=self._health.failed,
         )
         self.webhooks = WebhookTables(_webhooks.SQLITE, self._write_txn, self._r.run)
@@ -589,6 +594,20 @@ class SqliteStore:
     async def account_pause(self) -> Pause | None:
         """The account's stored pause, or None."""
         return await self._r.run(_guard.account_pause)
+    # -- the dashboard's reads (SQL in mailpipe.store.activity) ---------------
+
+    async def topic_list(self, limit: int) -> list[tuple[str, TopicStats]]:
+        """Up to ``limit`` topics with their counts (from the counters), largest first."""
+        return await self._r.run(lambda conn: _activity.topic_list(conn, limit))
+
+    async def activity(self, topic_id: str | None) -> Activity:
+        """The topic's recent activity (every topic's sends when None); bounded reads."""
+        now = utcnow()
+        return await self._r.run(lambda conn: _activity.activity(conn, topic_id, now))
+
+    async def search_suppressions(self, text: str, limit: int) -> list[Suppression]:
+        """Up to ``limit`` suppressions whose address contains ``text``, newest first."""
+        return await self._r.run(lambda conn: _activity.search_suppressions(conn, text, limit))
 
     # -- feedback and suppressions (SQL in mailpipe.store.feedback) ----------
 
@@ -696,8 +715,9 @@ class SqliteStore:
             )
         except StoreError as exc:
             if self._checkpoint_failure is None:
-                log.error("WAL checkpoint failed (tried again every %gs): %s",
-                          CHECKPOINT_INTERVAL, exc)
+                log.error(
+                    "WAL checkpoint failed (tried again every %gs): %s", CHECKPOINT_INTERVAL, exc
+                )
             self._checkpoint_failure = str(exc)
         else:
             if self._checkpoint_failure is not None:

@@ -119,8 +119,13 @@ class SesTransport:
         if len(bulk) == 1:
             results[bulk[0]] = self._send_one(emails[bulk[0]])
         elif bulk:
-            results.update(zip(bulk, self._bulk_call([emails[i] for i in bulk],
-                                                     [data[i] for i in bulk]), strict=True))
+            results.update(
+                zip(
+                    bulk,
+                    self._bulk_call([emails[i] for i in bulk], [data[i] for i in bulk]),
+                    strict=True,
+                )
+            )
         for i in range(len(emails)):
             if i not in results:
                 results[i] = self._send_one(emails[i])
@@ -130,10 +135,12 @@ class SesTransport:
         with_text = all(email.text is not None for email in emails)
         kwargs: dict[str, Any] = {
             "FromEmailAddress": emails[0].sender,
-            "DefaultContent": {"Template": {
-                "TemplateContent": BULK_TEMPLATE if with_text else BULK_TEMPLATE_NO_TEXT,
-                "TemplateData": "{}",
-            }},
+            "DefaultContent": {
+                "Template": {
+                    "TemplateContent": BULK_TEMPLATE if with_text else BULK_TEMPLATE_NO_TEXT,
+                    "TemplateData": "{}",
+                }
+            },
             "BulkEmailEntries": [
                 {
                     "Destination": {"ToAddresses": [email.to]},
@@ -221,8 +228,7 @@ class SesTransport:
             stub.add_response("send_email", {"MessageId": "warm-up"})
             self.client.send_bulk_email(
                 FromEmailAddress=sender,
-                DefaultContent={"Template": {"TemplateContent": template,
-                                             "TemplateData": "{}"}},
+                DefaultContent={"Template": {"TemplateContent": template, "TemplateData": "{}"}},
                 BulkEmailEntries=[entry],
             )
             self.client.send_email(
