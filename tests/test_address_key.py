@@ -45,6 +45,16 @@ async def test_suppressions_match_by_the_key(where: str | Path) -> None:
         assert await store.delete_suppression("ann@Bücher.DE")
 
 
+async def test_the_dashboard_search_finds_what_the_key_stores(where: str | Path) -> None:
+    async with open_store(where) as store:
+        assert await store.add_suppression("Ann@BÜCHER.de", "bounce", None)
+        assert await store.add_suppression("bob@example.com", "bounce", None)
+        for text in ("bücher.de", "ANN@Bücher.DE", "xn--bcher", "ann@"):
+            found = await store.search_suppressions(text, 10)
+            assert [s.address for s in found] == ["ann@xn--bcher-kva.de"], text
+        assert await store.search_suppressions("büch", 10) == []  # no whole domain: as typed
+
+
 def test_sqlite_migration_rekeys_existing_suppressions(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)

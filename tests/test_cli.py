@@ -205,3 +205,11 @@ def test_account_lines_name_the_quota_and_the_pause() -> None:
         "reputation": "1,500 sends in 24 h, bounce rate 6.00%, complaint rate 0.000%",
         "paused": "YES (auto, 2026-12-02T14:00:00Z): account bounce rate 6.00%",
     }
+
+
+def test_names_are_printed_as_written_not_as_markup(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    stopped = run_cli(service.url, "stop", "[bold]odd", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout == "[bold]odd: 0 requests stopped\n"

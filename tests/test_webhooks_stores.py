@@ -5,10 +5,12 @@ across instances (PostgreSQL ``SKIP LOCKED``); and every source end to end."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import pgkit
 import pytest
 import trio
 from feedbackkit import TOPIC, Harness, Sent, ses_record, shared_key
@@ -198,6 +200,45 @@ async def test_a_topic_pause_writes_its_event_in_the_same_transaction(
         "figures": {"sends": 200, "bounces": 12, "complaints": 0, "bounceRate": 0.06,
                     "complaintRate": 0.0},
     }
+
+
+async def test_a_pause_whose_event_cannot_be_written_is_not_stored(where: str | Path) -> None:
+    """One transaction: when the outbox refuses the ``topic.paused`` event, the pause
+    is not stored either (the outbox table is dropped under the store to make it fail)."""
+    from mailpipe.model import Figures, Pause
+
+    async with open_store(where) as store:
+        await store.webhooks.create(endpoint("wh_a", ("topic.paused",)))
+        drop = "DROP TABLE webhook_deliveries"
+        if isinstance(where, str):
+            pgkit.execute(where, drop + " CASCADE")
+        else:
+            with sqlite3.connect(where) as conn:
+                conn.execute(drop)
+        with pytest.raises(Exception, match="webhook_deliveries"):
+            await store.pause_topic("t", Pause("bounces", "auto", utcnow(), Figures(200, 12)))
+        assert await store.topic_pause("t") is None
+
+
+async def test_early_feedback_goes_out_again_with_its_request_once_matched(
+    where: str | Path,
+) -> None:
+    """A bounce stored before its send's message id has no request and no topic, so
+    a topic's endpoint cannot get it then; once the send is recorded it does."""
+    async with open_store(where) as store:
+        await store.webhooks.create(replace_events(endpoint("wh_a", ("bounced",)), "t"))
+        request_id = await sent_request(store)
+        early = Sent(request_id, "a@example.com", "ses-early", 2, None)
+        record = parse_ses_event(json.dumps(ses_record("event", "Bounce", early, hints=False)))
+        await store.record_feedback("sns-early", record, utcnow())
+        lease = utcnow() + timedelta(minutes=1)
+        assert await store.webhooks.claim(utcnow(), 10, lease) == []
+        await store.record_outcomes([Outcome(request_id, Status.SENT, "ses-early")], utcnow())
+        (claim,) = await store.webhooks.claim(utcnow(), 10, lease)
+    body = json.loads(claim.body)
+    assert body["type"] == "bounced"
+    assert (body["data"]["requestId"], body["data"]["topicId"]) == (request_id, "t")
+    assert body["data"]["sesMessageId"] == "ses-early"
 
 
 def replace_events(ep: Endpoint, topic_id: str) -> Endpoint:

@@ -12,7 +12,9 @@ from typing import Any, Final
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mailpipe.cli.client import DEFAULT_URL, Client, CliError, resolve_target
 from mailpipe.cli.rows import ListError, read_rows
@@ -31,7 +33,7 @@ err = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int = 1) -> None:
     """Print ``message`` as one line on stderr and exit with ``code``."""
-    err.print(f"[red]mailpipe: {message}", soft_wrap=True)
+    err.print(f"[red]mailpipe: {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -122,7 +124,8 @@ def status(ctx: click.Context, topic: str, follow: bool, interval: float) -> Non
     """Show TOPIC's counts (sent, failed, stopped, pending and its outcomes)."""
     with connected(ctx) as client:
         if not follow:
-            out.print(f"{topic}: {line(figures(client.get(f'/v1/topics/{topic}')), None)}")
+            shown = line(figures(client.get(f"/v1/topics/{topic}")), None)
+            out.print(Text(f"{topic}: {shown}"))
             return
         try:
             watch(client, topic, out, interval)
@@ -138,7 +141,7 @@ def stop(ctx: click.Context, topic: str) -> None:
     """Stop every request of TOPIC not yet handed to SES."""
     with connected(ctx) as client:
         answer, _ = client.call("DELETE", f"/v1/topics/{topic}")
-        out.print(f"{topic}: {answer['stopped']:,} requests stopped")
+        out.print(Text(f"{topic}: {answer['stopped']:,} requests stopped"))
 
 
 @cli.command()
@@ -149,7 +152,7 @@ def account(ctx: click.Context) -> None:
         answer = client.get("/v1/account")
     table = Table(show_header=False, box=None)
     for name, value in account_lines(answer):
-        table.add_row(name, value)
+        table.add_row(name, Text(value))
     out.print(table)
 
 
@@ -199,7 +202,8 @@ def suppressions_list(ctx: click.Context, limit: int) -> None:
         page = client.get("/v1/suppressions", {"limit": str(limit)})["suppressions"]
         table = Table("email", "reason", "source", "since")
         for s in page:
-            table.add_row(s["email"], s["reason"], s["source"] or "", s["createdAt"])
+            table.add_row(*(Text(v) for v in (s["email"], s["reason"], s["source"] or "",
+                                             s["createdAt"])))
         out.print(table)
 
 
@@ -224,7 +228,7 @@ def suppressions_remove(ctx: click.Context, emails: tuple[str, ...]) -> None:
     with connected(ctx) as client:
         for email in emails:
             client.call("DELETE", f"/v1/suppressions/{email}")
-            out.print(f"{email}: removed")
+            out.print(Text(f"{email}: removed"))
 
 
 IMPORT_BATCH: Final = 1000

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -105,7 +106,7 @@ def send_list(
     verb = "checking" if dry_run else "sending"
     with progress:
         task = progress.add_task(
-            f"{verb} {path.name}",
+            escape(f"{verb} {path.name}"),
             total=max(info.lines - info.header_lines, 1),
             accepted=0,
             refused=0,
@@ -115,7 +116,8 @@ def send_list(
             totals.refused += len(bad)
             for row in bad:
                 if refusals_shown < MAX_REFUSALS_SHOWN:
-                    progress.console.print(f"[red]line {row.line}: {row.refused}", highlight=False)
+                    refused = escape(row.refused)
+                    progress.console.print(f"[red]line {row.line}: {refused}", highlight=False)
                     refusals_shown += 1
             progress.update(task, completed=totals.read, refused=totals.refused)
             if good:

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -48,7 +49,7 @@ def watch(
     """Follow ``topic`` until nothing is pending; its last figures."""
     path = f"/v1/topics/{topic}"
     progress = Progress(
-        TextColumn(f"[bold]{topic}"),
+        TextColumn(f"[bold]{escape(topic)}"),
         BarColumn(),
         TextColumn("{task.completed:,.0f}/{task.total:,.0f} done"),
         TimeRemainingColumn(),

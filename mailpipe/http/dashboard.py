@@ -21,7 +21,7 @@ from mailpipe.feedback.ses_events import BOUNCE, COMPLAINT, DELIVERY
 from mailpipe.http import session as sessions
 from mailpipe.http.app import pipeline
 from mailpipe.http.charts import time_chart
-from mailpipe.http.reputation import DEFAULT_REASON, account_json, check_reason
+from mailpipe.http.reputation import DEFAULT_REASON, MAX_REASON, account_json, check_reason
 from mailpipe.http.session import COOKIE, CSRF_FIELD, Session
 from mailpipe.status import Status
 from mailpipe.store.base import TopicStats
@@ -179,6 +179,8 @@ async def topic(found: Session, topic_id: str) -> Response:
         sent_chart=time_chart(activity.sent, "Sends per minute", ["sent"]),
         outcome_chart=time_chart(activity.results, "Outcomes per minute", OUTCOME_KINDS),
         refresh=_refresh(summary["pending"]),
+        refused=REFUSALS.get(request.args.get("refused", "")),
+        stopped=request.args.get("stopped", type=int),
     )  # fmt: skip
 
 
@@ -197,8 +199,8 @@ async def pause(found: Session, fields: Any, topic_id: str) -> Response:
     """Pause the topic by hand (its pending requests stay pending); back to its page."""
     try:
         reason = check_reason(fields.get("reason") or DEFAULT_REASON)
-    except ApiError as e:
-        return _back_to_topic(topic_id, refused=e.message)
+    except ApiError:
+        return _back_to_topic(topic_id, refused="reason")
     paused = await pipeline().pause_topic(topic_id, reason)
     return _back_to_topic(topic_id, refused=_unchanged(paused))
 
@@ -210,11 +212,20 @@ async def resume(found: Session, fields: Any, topic_id: str) -> Response:
     return _back_to_topic(topic_id, refused=_unchanged(await pipeline().resume_topic(topic_id)))
 
 
+REFUSALS: Final = {
+    "reason": f"A reason has 1 to {MAX_REASON} characters, none a control. Nothing was changed.",
+    "unknown": "This topic has no requests.",
+    "unchanged": "Nothing to change.",
+}
+"""What the topic page says for its ``refused`` argument (fixed texts: a link
+cannot put words of its own on the page)."""
+
+
 def _unchanged(changed: bool | None) -> str | None:
-    """What to say when a pause or resume changed nothing (None when it did)."""
+    """The :data:`REFUSALS` key when a pause or resume changed nothing (None when it did)."""
     if changed:
         return None
-    return "This topic has no requests." if changed is None else "Nothing to change."
+    return "unknown" if changed is None else "unchanged"
 
 
 def _back_to_topic(topic_id: str, refused: str | None) -> Response:

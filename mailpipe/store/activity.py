@@ -14,6 +14,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import idna
+
 from mailpipe.model import Suppression
 from mailpipe.status import Status
 from mailpipe.store.base import Activity, TopicStats
@@ -109,9 +111,27 @@ def activity(conn: sqlite3.Connection, topic_id: str | None, now: datetime) -> A
 
 
 def like_pattern(text: str) -> str:
-    """A LIKE pattern matching addresses that contain ``text`` (lower-cased, escaped)."""
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    """A LIKE pattern matching stored addresses that contain ``text``, written as
+    :func:`search_key` keys it (escaped)."""
+    escaped = search_key(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def search_key(text: str) -> str:
+    """``text`` as suppressions are stored (:func:`~mailpipe.addresses.address_key`):
+    case-folded, and a Unicode domain (what follows ``@``, or the whole text when it
+    looks like a domain) in Punycode, so ``ann@bücher.de`` finds ``ann@xn--bcher-kva.de``."""
+    folded = text.strip().casefold()
+    if folded.isascii():
+        return folded
+    local, at, domain = folded.rpartition("@")
+    if not at and "." not in folded:
+        return folded
+    try:
+        encoded = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return folded
+    return f"{local}{at}{encoded}"
 
 
 def search_suppressions(conn: sqlite3.Connection, text: str, limit: int) -> list[Suppression]:

@@ -18,7 +18,7 @@ from mailpipe.model import Figures, Pause
 from mailpipe.status import Status
 from mailpipe.store import webhooks as _webhooks
 from mailpipe.timeutil import from_db, to_db
-from mailpipe.webhooks.events import topic_paused
+from mailpipe.webhooks.events import RequestEvent, feedback_events, topic_paused
 
 _TOPIC_SENDS: Final = (
     f"SELECT count(*) FROM email_requests WHERE status = {Status.SENT:d}"
@@ -41,6 +41,7 @@ _PAUSE_COLUMNS: Final = "reason, paused_by, paused_at, sends, bounces, complaint
 _MATCH_EARLY: Final = (
     "UPDATE email_results SET request_id = ?, updated_at = ?"
     " WHERE ses_message_id = ? AND request_id IS NULL"
+    " RETURNING status, raw, recipient, sns_message_id"
 )
 _ANY_UNMATCHED: Final = (
     "SELECT 1 FROM email_results WHERE request_id IS NULL AND ses_message_id IS NOT NULL LIMIT 1"
@@ -104,13 +105,24 @@ def match_early_feedback(
 ) -> int:
     """Give feedback stored before its send's message id was recorded its request:
     ``sent`` holds (request id, SES message id) of sends just recorded; how many
-    results were matched. Cheap when there is none (one probe of a partial index)."""
+    results were matched. Each matched result's webhook event goes out again, now
+    with its request and topic (the first had neither). Cheap when there is none
+    (one probe of a partial index)."""
     if not sent or conn.execute(_ANY_UNMATCHED).fetchone() is None:
         return 0
     when = _t(now, pg)
+    events: list[RequestEvent] = []
     matched = 0
     for request_id, message_id in sent:
-        matched += conn.execute(_q(_MATCH_EARLY, pg), (request_id, when, message_id)).rowcount
+        for status, raw, recipient, sns_id in conn.execute(
+            _q(_MATCH_EARLY, pg), (request_id, when, message_id)
+        ).fetchall():
+            matched += 1
+            events += feedback_events(status, message_id, raw, sns_id or "",
+                                      [(request_id, recipient)], [])  # fmt: skip
+    if events:
+        _webhooks.enqueue_request_events(conn, _webhooks.POSTGRES if pg else _webhooks.SQLITE,
+                                         events, now)  # fmt: skip
     return matched
 
 
