@@ -90,12 +90,23 @@ def ses_config(
 @pytest.fixture(scope="module")
 def pg_database(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database for this test module: (name, URL); dropped after."""
-    pgkit.reachable_or_skip()
-    name, url = pgkit.create_database(request.module.__name__)
+    with pgkit.server_turn():
+        pgkit.reachable_or_skip()
+        name, url = pgkit.create_database(request.module.__name__)
     try:
         yield name, url
     finally:
-        pgkit.drop_database(name)
+        with pgkit.server_turn():
+            pgkit.drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def postgres_turn(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test holds the PostgreSQL server shared; one marked ``restarts_postgres``
+    holds it alone, so tests on other workers never see it restart."""
+    alone = request.node.get_closest_marker("restarts_postgres") is not None
+    with pgkit.server_turn(exclusive=alone):
+        yield
 
 
 @pytest.fixture

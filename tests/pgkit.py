@@ -7,9 +7,14 @@ no server answers there, PostgreSQL tests are skipped, or fail when
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +24,23 @@ import pytest
 ADMIN_URL = os.environ.get(
     "MAILPIPE_TEST_DATABASE_URL", "postgresql://postgres@/postgres?host=/var/run/postgresql"
 )
+SERVER_LOCK = Path(tempfile.gettempdir()) / "mailpipe-tests-postgres.lock"
+"""Taken shared by every test (and database set-up) and exclusively by a test that
+restarts the server, across processes: test workers (pytest-xdist) and other runs."""
+
+
+@contextmanager
+def server_turn(*, exclusive: bool = False) -> Iterator[None]:
+    """Hold the server: shared (it stays up meanwhile), or exclusive (no other test
+    runs meanwhile, so the holder may restart it)."""
+    with SERVER_LOCK.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 KEEP_TABLES = frozenset({"schema_version", "rate_limit"})
 """Tables a reset between tests leaves (the rate row is cleared instead)."""
 

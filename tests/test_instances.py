@@ -225,6 +225,7 @@ def test_a_paused_account_pauses_every_instance(tmp_path: Path, pg_url: str) -> 
     assert [m["to"][0] for m in received] == ["p1@example.com"]
 
 
+@pytest.mark.restarts_postgres
 def test_postgres_restart_mid_send_loses_nothing_and_answers_503(
     tmp_path: Path, pg_url: str
 ) -> None:

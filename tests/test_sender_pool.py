@@ -26,7 +26,7 @@ from mailpipe.pipeline.jobs import Handed, Job
 from mailpipe.pipeline.limiter import RateLimiter
 from mailpipe.pipeline.metrics import Metrics
 from mailpipe.pipeline.pause import PauseGate
-from mailpipe.pipeline.sender import RetryPolicy, SenderPool
+from mailpipe.pipeline.sender import MAX_LEAD, RetryPolicy, SenderPool
 from mailpipe.status import Status
 from mailpipe.transport import Email, SendResult
 from mailpipe.transport.mock import Handler, MockTransport, accept_all
@@ -69,7 +69,7 @@ class Harness:
 @asynccontextmanager
 async def running_pool(
     transport: MockTransport, *, rate: float = 1000, max_attempts: int = 3,
-    max_concurrent: int = 4,
+    max_concurrent: int = 4, lead: float = 0.0,
 ) -> AsyncIterator[Harness]:
     jobs_send, jobs_recv = trio.open_memory_channel[list[Job]](10)
     out_send, out_recv = trio.open_memory_channel[Outcome](1000)
@@ -79,7 +79,7 @@ async def running_pool(
         jobs_recv, out_send, metrics, max_concurrent=max_concurrent,
         retry=RetryPolicy(max_attempts=max_attempts, base_delay=1.0, max_delay=8.0,
                           throttle_delay=0.5),
-        handed=Handed(), gate=gate, rng=random.Random(7), lead=0.0,
+        handed=Handed(), gate=gate, rng=random.Random(7), lead=lead,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
@@ -164,15 +164,28 @@ async def test_a_missed_release_asks_for_a_new_permit_and_costs_no_attempt(
 ) -> None:
     missed = SendResult(error=ReleaseMissed("ReleaseMissed", "20.0 ms after the permit"))
     transport = MockTransport(answers(lambda e: missed, sent))
-    async with running_pool(transport, rate=40, max_attempts=1) as h:
+    async with running_pool(transport, rate=40, max_attempts=1, lead=0.015) as h:
+        lead = h.pool.lead
         await h.jobs.send(jobs([1, 2]))
         out = await h.settle([1, 2])
         assert h.limiter.rate == 40  # no throttling: the provider never saw it
+        assert h.pool.lead == 2 * lead  # the next calls start preparing earlier
     assert out == {1: Outcome(1, Status.SENT, "m-1", attempts=1),
                    2: Outcome(2, Status.SENT, "m-2", attempts=1)}
     assert [len(call) for call in transport.calls] == [2, 2]
     assert h.metrics.release_missed._value.get() == 2
     assert h.metrics.retried._value.get() == 0
+
+
+async def test_the_lead_stops_growing_at_its_bound(thread_clock: trio.testing.MockClock) -> None:
+    missed = SendResult(error=ReleaseMissed("ReleaseMissed", "300.0 ms after the permit"))
+    transport = MockTransport(answers(*[lambda e: missed] * 8, sent), max_batch=1)
+    async with running_pool(transport, rate=40, max_attempts=1, lead=0.015) as h:
+        await h.jobs.send(jobs([1]))
+        out = await h.settle([1])
+        assert h.pool.lead == MAX_LEAD
+    assert out == {1: Outcome(1, Status.SENT, "m-1", attempts=1)}
+    assert len(transport.calls) == 9
 
 
 async def test_a_paused_account_gives_the_rows_back_and_calls_no_more(
