@@ -204,20 +204,39 @@ async def test_a_topic_pause_writes_its_event_in_the_same_transaction(
 
 async def test_a_pause_whose_event_cannot_be_written_is_not_stored(where: str | Path) -> None:
     """One transaction: when the outbox refuses the ``topic.paused`` event, the pause
-    is not stored either (the outbox table is dropped under the store to make it fail)."""
+    is not stored either (a trigger makes the outbox refuse, then goes)."""
     from mailpipe.model import Figures, Pause
 
     async with open_store(where) as store:
         await store.webhooks.create(endpoint("wh_a", ("topic.paused",)))
-        drop = "DROP TABLE webhook_deliveries"
-        if isinstance(where, str):
-            pgkit.execute(where, drop + " CASCADE")
-        else:
-            with sqlite3.connect(where) as conn:
-                conn.execute(drop)
-        with pytest.raises(Exception, match="webhook_deliveries"):
-            await store.pause_topic("t", Pause("bounces", "auto", utcnow(), Figures(200, 12)))
+        refuse(where, True)
+        try:
+            with pytest.raises(Exception, match="webhook_deliveries refused"):
+                await store.pause_topic("t", Pause("bounces", "auto", utcnow(), Figures(200, 12)))
+        finally:
+            refuse(where, False)
         assert await store.topic_pause("t") is None
+        assert await store.pause_topic("t", Pause("bounces", "auto", utcnow(), Figures(200, 12)))
+
+
+def refuse(where: str | Path, on: bool) -> None:
+    """Make inserts into ``webhook_deliveries`` fail (``on``), or work again."""
+    if isinstance(where, str):
+        pgkit.execute(where, (
+            "CREATE FUNCTION refuse_delivery() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'webhook_deliveries refused'; END $$;"
+            " CREATE TRIGGER refuse BEFORE INSERT ON webhook_deliveries"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_delivery()"
+        ) if on else (
+            "DROP TRIGGER refuse ON webhook_deliveries; DROP FUNCTION refuse_delivery()"
+        ))  # fmt: skip
+        return
+    with sqlite3.connect(where) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON webhook_deliveries"
+            " BEGIN SELECT RAISE(ABORT, 'webhook_deliveries refused'); END"
+            if on else "DROP TRIGGER refuse"
+        )
 
 
 async def test_early_feedback_goes_out_again_with_its_request_once_matched(
