@@ -185,7 +185,12 @@ def test_stop_and_suppression_reach_rows_claimed_by_another_instance(
         # Then the whole topic stopped through A, while B holds some of its rows.
         assert a.client.delete("/v1/topics/cross").status_code == 200
         stopped_at = time.monotonic()
-        wait_until(lambda: a.stats("cross")["processing"] == 0, timeout=10, interval=0.1)
+        try:
+            wait_until(lambda: a.stats("cross")["processing"] == 0, timeout=10, interval=0.1)
+        except AssertionError:
+            rows = execute(pg_url, "SELECT owner, status, error, count(*) FROM email_requests"
+                           " GROUP BY 1, 2, 3 ORDER BY 1, 2")
+            raise AssertionError(f"{a.stats('cross')}, rows {rows}\n{b.log()[-3000:]}") from None
         settled_after = time.monotonic() - stopped_at
         counts = a.stats("cross")
         time.sleep(1.5)  # nothing more may arrive: two permits' worth of time

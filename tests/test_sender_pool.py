@@ -229,3 +229,52 @@ async def test_a_stop_during_a_call_lets_it_finish_and_stops_the_rest(
     assert [out[i].status for i in (3, 4, 5)] == [Status.STOPPED] * 3
     assert out[6].status is Status.SENT
     assert sorted(e.request_id for call in transport.calls for e in call) == [1, 2, 6]
+
+
+@pytest.mark.parametrize("error", [
+    TransientSendError("ServiceUnavailable", "busy"),
+    Throttled("Throttling", "Maximum sending rate exceeded"),
+], ids=["transient", "throttled"])
+async def test_a_call_back_for_a_retry_is_no_longer_handed_so_a_stop_takes_it(
+    thread_clock: trio.testing.MockClock, error: Exception,
+) -> None:
+    came_back = trio.Event()
+
+    def once(emails: Sequence[Email]) -> list[SendResult]:
+        trio.from_thread.run_sync(came_back.set)
+        return [SendResult(error=error) for _ in emails]  # type: ignore[arg-type]
+
+    transport = MockTransport(once)
+    async with running_pool(transport, max_attempts=3) as h:
+        await h.jobs.send(jobs([1, 2]))
+        await came_back.wait()
+        while h.pool.in_flight:  # the call's answer is being settled
+            await trio.sleep(0.001)
+        handed = h.pool.stop_topic("t", 2)
+        out = await h.settle([1, 2])
+    # Waiting for its retry, no request is in the provider's hands: the store's
+    # stop may take the rows at once, and the retry sends nothing.
+    assert handed == []
+    assert {o.status for o in out.values()} == {Status.STOPPED}
+    assert len(transport.calls) == 1
+
+
+async def test_at_a_low_rate_a_stop_settles_within_a_second_of_permits(
+    thread_clock: trio.testing.MockClock,
+) -> None:
+    # 10 a second in 10-recipient calls, 20 slots: were every slot to take a
+    # batch before the first permit, 20 s of permits would be reserved, and a
+    # stopped topic's rows would wait that long for permits they never use.
+    transport = MockTransport(accept_all, max_batch=10)
+    async with running_pool(transport, rate=10, max_concurrent=20) as h:
+        await h.jobs.send(jobs(range(1, 201)))
+        await trio.sleep(1.5)
+        stopped_at = trio.current_time()
+        h.pool.stop_topic("t", 200)
+        out = await h.settle(range(1, 201))
+        settled_after = trio.current_time() - stopped_at
+    assert settled_after <= 1.1
+    sent_ids = {i for i, o in out.items() if o.status is Status.SENT}
+    assert sent_ids == {e.request_id for call in transport.calls for e in call}
+    assert 10 <= len(sent_ids) <= 30  # the calls before the stop, and one in hand
+    assert {o.status for o in out.values()} == {Status.SENT, Status.STOPPED}

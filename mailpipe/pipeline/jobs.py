@@ -46,7 +46,8 @@ class Backlog:
 class Handed:
     """Requests handed to the provider and not yet recorded: the pool adds them
     as their call leaves, the recorder settles them once their outcome is
-    stored. A stop cannot call these back."""
+    stored, and the pool those whose call came back to be tried again. A stop
+    cannot call these back."""
 
     def __init__(self) -> None:
         self._topics: dict[int, str] = {}
@@ -56,7 +57,8 @@ class Handed:
         self._topics[job.request_id] = job.topic_id
 
     def settle(self, request_id: int) -> None:
-        """The outcome of ``request_id`` is stored."""
+        """``request_id`` is out of the provider's hands: its outcome is stored,
+        or it waits for a retry."""
         self._topics.pop(request_id, None)
 
     def of_topic(self, topic_id: str) -> list[int]:
