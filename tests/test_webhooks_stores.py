@@ -239,25 +239,33 @@ def refuse(where: str | Path, on: bool) -> None:
         )
 
 
-async def test_early_feedback_goes_out_again_with_its_request_once_matched(
+async def test_early_feedback_goes_out_once_with_its_request_once_matched(
     where: str | Path,
 ) -> None:
-    """A bounce stored before its send's message id has no request and no topic, so
-    a topic's endpoint cannot get it then; once the send is recorded it does."""
+    """A bounce stored before its send's message id has no request and no topic:
+    no endpoint gets it then, not even one for every topic; once the send is
+    recorded each gets it once, with its request and topic."""
     async with open_store(where) as store:
         await store.webhooks.create(replace_events(endpoint("wh_a", ("bounced",)), "t"))
+        await store.webhooks.create(endpoint("wh_b", ("bounced", "suppressed")))
         request_id = await sent_request(store)
         early = Sent(request_id, "a@example.com", "ses-early", 2, None)
         record = parse_ses_event(json.dumps(ses_record("event", "Bounce", early, hints=False)))
         await store.record_feedback("sns-early", record, utcnow())
         lease = utcnow() + timedelta(minutes=1)
-        assert await store.webhooks.claim(utcnow(), 10, lease) == []
+        before = await store.webhooks.claim(utcnow(), 10, lease)
         await store.record_outcomes([Outcome(request_id, Status.SENT, "ses-early")], utcnow())
-        (claim,) = await store.webhooks.claim(utcnow(), 10, lease)
-    body = json.loads(claim.body)
-    assert body["type"] == "bounced"
-    assert (body["data"]["requestId"], body["data"]["topicId"]) == (request_id, "t")
-    assert body["data"]["sesMessageId"] == "ses-early"
+        claims = await store.webhooks.claim(utcnow(), 10, lease)
+        assert await store.webhooks.claim(utcnow(), 10, lease) == []
+    # The address's suppression is news at once (to the endpoint for every topic).
+    assert [(c.endpoint.id, json.loads(c.body)["type"]) for c in before] == [("wh_b", "suppressed")]
+    assert sorted((c.endpoint.id, json.loads(c.body)["type"]) for c in claims) == [
+        ("wh_a", "bounced"), ("wh_b", "bounced")]
+    for claim in claims:
+        body = json.loads(claim.body)
+        assert body["type"] == "bounced"
+        assert (body["data"]["requestId"], body["data"]["topicId"]) == (request_id, "t")
+        assert body["data"]["sesMessageId"] == "ses-early"
 
 
 def replace_events(ep: Endpoint, topic_id: str) -> Endpoint:

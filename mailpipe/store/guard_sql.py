@@ -105,8 +105,8 @@ def match_early_feedback(
 ) -> int:
     """Give feedback stored before its send's message id was recorded its request:
     ``sent`` holds (request id, SES message id) of sends just recorded; how many
-    results were matched. Each matched result's webhook event goes out again, now
-    with its request and topic (the first had neither). Cheap when there is none
+    results were matched. Each matched result's webhook event is made now, with
+    its request and topic (none was made while it had neither). Cheap when there is none
     (one probe of a partial index)."""
     if not sent or conn.execute(_ANY_UNMATCHED).fetchone() is None:
         return 0

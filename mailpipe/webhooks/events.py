@@ -194,14 +194,24 @@ def feedback_events(
     rows: Sequence[tuple[int | None, str | None]],
     suppressed: Sequence[tuple[int | None, str, str]],
 ) -> list[RequestEvent]:
-    """The events of one stored SES record: one per result row (request, recipient),
-    of the type the SES type maps to, and ``suppressed`` for each address it newly
-    suppressed ((request id, address, reason))."""
+    """The events of one stored SES record: one per result row (request, recipient)
+    with a request, of the type the SES type maps to, and ``suppressed`` for each
+    address it newly suppressed ((request id, address, reason)).
+
+    A row with no request yet (the record came before its send's message id was
+    recorded) has its event made once it is matched
+    (:func:`~mailpipe.store.guard_sql.match_early_feedback`), so a receiver gets
+    one event, with its request and topic, not two. A record that never matches
+    (mail another sender on the configuration set sent) is stored, not pushed."""
     kind = SES_TYPES.get(event_type)
     items: list[RequestEvent] = []
     if kind is not None:
         details = {**ses_details(event_type, raw), "snsMessageId": sns_message_id}
-        items += [RequestEvent(rid, kind, details, rcpt, ses_message_id) for rid, rcpt in rows]
+        items += [
+            RequestEvent(rid, kind, details, rcpt, ses_message_id)
+            for rid, rcpt in rows
+            if rid is not None
+        ]
     items += [
         RequestEvent(rid, SUPPRESSED, {"reason": reason, "source": ses_message_id}, rcpt,
                      ses_message_id)
