@@ -66,6 +66,40 @@ def test_the_guard_refuses_at_delivery_too_when_dns_changed() -> None:
         check_target("http://no-such-host.invalid/", allow_private=False)
 
 
+def test_a_name_rebound_to_loopback_after_the_check_gets_nowhere() -> None:
+    """DNS rebinding: the name resolves to a public address for the check before the
+    attempt, and to loopback when the connection is made. The connection goes only
+    to an address checked as it is made, so nothing reaches the local receiver."""
+    answers = iter([["93.184.215.14"]])
+
+    def rebinding(host: str) -> list[str]:
+        assert host == "localhost"
+        return next(answers, ["127.0.0.1"])
+
+    with Receiver() as rx:
+        url = rx.url.replace("127.0.0.1", "localhost")
+        poster = HttpPoster(Limits(timeout_s=2, allow_private=False), max_connections=1,
+                            resolver=rebinding)
+        try:
+            attempt = poster(url, {"webhook-id": "evt_rebind"}, b"{}")
+        finally:
+            poster.close()
+    assert attempt.status_code is None
+    assert "resolves to a loopback address (127.0.0.1)" in (attempt.error or "")
+    assert rx.received == []
+
+
+def test_the_checked_connection_still_reaches_an_allowed_receiver() -> None:
+    """The same poster with private targets allowed (as the tests run): delivered."""
+    with Receiver() as rx:
+        poster = HttpPoster(Limits(timeout_s=2, allow_private=True), max_connections=1)
+        try:
+            attempt = poster(rx.url.replace("127.0.0.1", "localhost"), {"webhook-id": "e"}, b"{}")
+        finally:
+            poster.close()
+    assert attempt.status_code == 200 and len(rx.received) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "error"),
     [
