@@ -188,6 +188,33 @@ async def test_the_lead_stops_growing_at_its_bound(thread_clock: trio.testing.Mo
     assert len(transport.calls) == 9
 
 
+async def test_the_lead_halves_back_after_a_minute_with_no_missed_permit(
+    thread_clock: trio.testing.MockClock,
+) -> None:
+    missed = SendResult(error=ReleaseMissed("ReleaseMissed", "20.0 ms after the permit"))
+    transport = MockTransport(answers(lambda e: missed, lambda e: missed, sent), max_batch=1)
+    async with running_pool(transport, rate=40, lead=0.015) as h:
+        await h.jobs.send(jobs([1]))
+        await h.settle([1])
+        assert h.pool.lead == 0.06  # two misses: doubled twice
+        await trio.sleep(30)
+        await h.jobs.send(jobs([2]))
+        await h.settle([2])
+        assert h.pool.lead == 0.06  # on time, but not yet for a minute
+        await trio.sleep(31)
+        await h.jobs.send(jobs([3]))
+        await h.settle([3])
+        assert h.pool.lead == 0.03  # a minute on time: halved
+        await h.jobs.send(jobs([4]))
+        await h.settle([4])
+        assert h.pool.lead == 0.03  # and the next minute starts now
+        await trio.sleep(61)
+        for i in (5, 6):
+            await h.jobs.send(jobs([i]))
+            await h.settle([i])
+        assert h.pool.lead == 0.015  # never below where it started
+
+
 async def test_a_paused_account_gives_the_rows_back_and_calls_no_more(
     thread_clock: trio.testing.MockClock,
 ) -> None:

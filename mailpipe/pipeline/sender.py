@@ -54,6 +54,11 @@ an instance at EMAIL_RATE=10 sending 10-recipient bulk calls on the loaded
 in four of ``tests/test_instances.py``'s cross-instance stop): each call
 reached the wire more than the 5 ms slack after its permit, every time. A
 longer lead only holds a worker thread a little longer before the call."""
+LEAD_RELAX_S: Final = 60.0
+"""After this long with no call missing its permit, the lead halves again (not
+below where it started). A lead raised by a passing burst of load would
+otherwise hold every call's worker thread up to 250 ms for good: with 20
+threads and 50 ms calls, that caps one-recipient calls at 66 a second."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,8 @@ class SenderPool:
         self._graceful = graceful_timeout
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
-        self._lead = lead
+        self._lead = self._base_lead = lead
+        self._lead_changed = -math.inf
         self._dispatch_scope = trio.CancelScope()
         self._stopping = False
         self._waiting: trio.Nursery | None = None
@@ -405,6 +411,18 @@ class SenderPool:
                 " leave; calls now start %.0f ms before their permit", lead * 1000,
             )
             self._lead = lead
+        self._lead_changed = trio.current_time()
+
+    def _prepare_later(self) -> None:
+        """A call left on time: after ``LEAD_RELAX_S`` of those, the lead halves."""
+        now = trio.current_time()
+        if self._lead > self._base_lead and now - self._lead_changed >= LEAD_RELAX_S:
+            self._lead = max(self._base_lead, self._lead / 2)
+            self._lead_changed = now
+            log.info(
+                "no call missed its permit for %.0f s; calls now start %.0f ms before their"
+                " permit", LEAD_RELAX_S, self._lead * 1000,
+            )
 
     async def _settle(self, batch: list[Job], results: list[SendResult]) -> None:
         outcomes: list[Outcome] = []
@@ -457,6 +475,8 @@ class SenderPool:
             self._metrics.release_missed.inc(len(missed))
             self._prepare_earlier()
             self._later(missed, 0.0, count=False)
+        else:
+            self._prepare_later()
         if transient:
             attempt = transient[0].failures
             self._later(
