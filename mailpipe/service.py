@@ -101,6 +101,12 @@ class Service:
     def _sns_fetch(self, url: str) -> bytes:
         return self.sns_get(url)
 
+    @property
+    def send_rate(self) -> float:
+        """The rate sends are held to: ``EMAIL_RATE``, capped at start by the SES
+        account's MaxSendRate."""
+        return self.limiter.target
+
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self.shutdown_requested.set()

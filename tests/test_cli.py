@@ -191,7 +191,8 @@ def test_account_lines_name_the_quota_and_the_pause() -> None:
     from mailpipe.cli import account_lines
 
     answer = {
-        "rate": 14, "enforcementStatus": "PROBATION", "sendingEnabled": True, "error": None,
+        "rate": 14, "emailRate": 20, "enforcementStatus": "PROBATION", "sendingEnabled": True,
+        "error": None,
         "quota": {"max24HourSend": 50000.0, "maxSendRate": 14.0, "sentLast24Hours": 1234.0},
         "reputation": {"windowHours": 24.0, "sends": 1500, "bounces": 90, "complaints": 0,
                        "bounceRate": 0.06, "complaintRate": 0.0},
@@ -199,7 +200,7 @@ def test_account_lines_name_the_quota_and_the_pause() -> None:
                    "at": "2026-12-02T14:00:00Z"},
     }  # fmt: skip
     assert dict(account_lines(answer)) == {
-        "rate": "14/s (EMAIL_RATE)",
+        "rate": "14/s (EMAIL_RATE=20, capped by SES's MaxSendRate)",
         "SES quota": "1,234 of 50,000 sent in 24 h, max 14.0/s",
         "SES standing": "PROBATION, sending enabled",
         "reputation": "1,500 sends in 24 h, bounce rate 6.00%, complaint rate 0.000%",

@@ -150,8 +150,10 @@ async def test_rate_above_the_account_quota_is_capped(
     with FakeSES(max_send_rate=10) as ses:
         config = ses_config(tmp_path, monkeypatch, ses.url, EMAIL_RATE=40)
         with trio.fail_after(30):
-            async with running_service(config) as svc:
+            async with running_service(config) as svc, api_client(svc) as client:
                 assert svc.limiter.target == 10
+                account = (await client.get("/v1/account")).json()
+    assert (account["rate"], account["emailRate"]) == (10, 40)
     assert any("MaxSendRate" in r.getMessage() for r in caplog.records)
 
 

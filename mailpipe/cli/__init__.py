@@ -159,7 +159,9 @@ def account(ctx: click.Context) -> None:
 def account_lines(answer: dict[str, Any]) -> list[tuple[str, str]]:
     """``GET /v1/account``'s answer as (name, value) lines a person reads."""
     quota, paused, rep = answer.get("quota"), answer.get("paused"), answer["reputation"]
-    lines = [("rate", f"{answer['rate']:,}/s (EMAIL_RATE)")]
+    rate, configured = answer["rate"], answer.get("emailRate", answer["rate"])
+    lines = [("rate", f"{rate:,}/s (EMAIL_RATE)" if rate == configured else
+              f"{rate:,}/s (EMAIL_RATE={configured:,}, capped by SES's MaxSendRate)")]
     if quota:
         lines.append(("SES quota", f"{quota['sentLast24Hours'] or 0:,.0f} of "
                       f"{quota['max24HourSend'] or 0:,.0f} sent in 24 h, "

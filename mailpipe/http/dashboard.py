@@ -244,7 +244,8 @@ async def account(found: Session) -> Response:
     activity = await svc.store.activity(None)
     readiness = await svc.readiness()
     return await _html(
-        "account.html", session=found, rate=svc.config.email_rate, queued=queued,
+        "account.html", session=found, rate=svc.send_rate, email_rate=svc.config.email_rate,
+        queued=queued,
         readiness=readiness, chart=time_chart(activity.sent, "Sends per minute", ["sent"]),
         refresh=_refresh(queued), a=await account_json(svc),
     )  # fmt: skip

@@ -41,6 +41,12 @@ class Pipeline(Protocol):
         """GETs SNS certificates and SubscribeURLs (blocking: run it in a thread)."""
 
     addresses: AddressValidator
+
+    @property
+    def send_rate(self) -> float:
+        """The rate sends are held to: ``EMAIL_RATE``, capped at start by the SES
+        account's MaxSendRate."""
+
     cpu_limiter: trio.CapacityLimiter
     """Bounds CPU-heavy request work (validation) run in threads."""
 

@@ -235,7 +235,8 @@ SCHEMAS: Final[Json] = {
         ]
     },
     "Account": _obj(
-        ["quota", "enforcementStatus", "sendingEnabled", "paused", "reputation", "rate"],
+        ["quota", "enforcementStatus", "sendingEnabled", "paused", "reputation", "rate",
+         "emailRate"],
         quota={
             "anyOf": [
                 {"type": "null"},
@@ -252,7 +253,9 @@ SCHEMAS: Final[Json] = {
         error={"type": ["string", "null"], "description": "Why GetAccount did not answer"},
         paused={"anyOf": [{"type": "null"}, _ref("Pause")]},
         reputation=_ref("Reputation"),
-        rate={"type": "number", "description": "EMAIL_RATE"},
+        rate={"type": "number", "description": "The rate sends are held to: EMAIL_RATE, "
+              "or the SES account's MaxSendRate at start when that is lower"},
+        emailRate={"type": "number", "description": "EMAIL_RATE as configured"},
     ),
     "Stopped": _obj(["stopped"], stopped=_int(description="Requests moved to status 4")),
     "SentCount": _obj(

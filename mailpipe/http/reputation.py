@@ -133,5 +133,6 @@ async def account_json(svc: Pipeline) -> dict[str, Any]:
         "error": state.error,
         "paused": pause_json(await svc.store.account_pause()),
         "reputation": reputation_json(svc, await svc.reputation(None)),
-        "rate": svc.config.email_rate,
+        "rate": svc.send_rate,
+        "emailRate": svc.config.email_rate,
     }
