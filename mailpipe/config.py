@@ -42,6 +42,14 @@ def default_max_concurrent(rate: float) -> int:
     return max(1, math.ceil(2 * rate))
 
 
+def rate_source(rate: float, email_rate: float) -> str:
+    """Where the send rate ``rate`` comes from, for a person: ``EMAIL_RATE``, or
+    ``EMAIL_RATE`` capped at start by the SES account's MaxSendRate."""
+    if rate == email_rate:
+        return "EMAIL_RATE"
+    return f"EMAIL_RATE={email_rate:,}, capped by SES's MaxSendRate"
+
+
 _PORT = 3000
 _RATE = 14.0
 _DB_PATH = Path("data/app.db")

@@ -20,7 +20,7 @@ from mailpipe.cli.client import DEFAULT_URL, Client, CliError, resolve_target
 from mailpipe.cli.rows import ListError, read_rows
 from mailpipe.cli.send import Message, Totals, send_list
 from mailpipe.cli.watch import figures, line, watch
-from mailpipe.config import Config
+from mailpipe.config import Config, rate_source
 
 DEFAULT_CHUNK: Final = Config().max_recipients_per_request
 """The server's default ``MAX_RECIPIENTS_PER_REQUEST``; a server set lower needs
@@ -159,9 +159,8 @@ def account(ctx: click.Context) -> None:
 def account_lines(answer: dict[str, Any]) -> list[tuple[str, str]]:
     """``GET /v1/account``'s answer as (name, value) lines a person reads."""
     quota, paused, rep = answer.get("quota"), answer.get("paused"), answer["reputation"]
-    rate, configured = answer["rate"], answer.get("emailRate", answer["rate"])
-    lines = [("rate", f"{rate:,}/s (EMAIL_RATE)" if rate == configured else
-              f"{rate:,}/s (EMAIL_RATE={configured:,}, capped by SES's MaxSendRate)")]
+    rate = answer["rate"]
+    lines = [("rate", f"{rate:,}/s ({rate_source(rate, answer.get('emailRate', rate))})")]
     if quota:
         lines.append(("SES quota", f"{quota['sentLast24Hours'] or 0:,.0f} of "
                       f"{quota['max24HourSend'] or 0:,.0f} sent in 24 h, "

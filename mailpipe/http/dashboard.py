@@ -16,6 +16,7 @@ from typing import Any, Final, TypeVar, cast
 
 from quart import Blueprint, Response, redirect, render_template, request, url_for
 
+from mailpipe.config import rate_source
 from mailpipe.errors import ApiError
 from mailpipe.feedback.ses_events import BOUNCE, COMPLAINT, DELIVERY
 from mailpipe.http import session as sessions
@@ -243,11 +244,12 @@ async def account(found: Session) -> Response:
     queued = sum(s.requests[Status.CREATED] + s.requests[Status.PROCESSING] for _, s in listed)
     activity = await svc.store.activity(None)
     readiness = await svc.readiness()
+    a = await account_json(svc)
     return await _html(
-        "account.html", session=found, rate=svc.send_rate, email_rate=svc.config.email_rate,
+        "account.html", session=found, rate_source=rate_source(a["rate"], a["emailRate"]),
         queued=queued,
         readiness=readiness, chart=time_chart(activity.sent, "Sends per minute", ["sent"]),
-        refresh=_refresh(queued), a=await account_json(svc),
+        refresh=_refresh(queued), a=a,
     )  # fmt: skip
 
 
